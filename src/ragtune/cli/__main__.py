@@ -1,0 +1,5 @@
+import sys
+
+from ragtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""RAG commands: ingest, search, ask, eval retrieval."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pass

