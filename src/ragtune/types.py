@@ -82,7 +82,7 @@ class Hit:
 
 @dataclass(frozen=True)
 class Citation:
-    """Where an answer's claim comes from: source ``[marker]`` of the prompt, mapped to its chunk."""
+    """Where an answer comes from: prompt source ``[marker]``, mapped to its chunk."""
 
     marker: int
     chunk_id: str

@@ -5,5 +5,5 @@ from __future__ import annotations
 import argparse
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     pass
