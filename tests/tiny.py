@@ -7,6 +7,7 @@ They are saved as ordinary local model folders, so tests exercise the same
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -76,16 +77,16 @@ def build_tiny_lm(folder: Path, seed: int = 0) -> Path:
 def build_tiny_embedder(folder: Path, seed: int = 0, max_seq_length: int = 32) -> Path:
     """A 2-layer BERT with a WordPiece tokenizer, saved as a sentence-transformers folder
     (mean pooling + normalize), like all-MiniLM-L6-v2 but tiny."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # An explicit vocabulary (WordPieceTrainer breaks ties differently from run to run):
+    # the specials, every character alone and as a continuation, and the corpus's words.
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = sorted({ch for line in CORPUS for ch in line.lower() if not ch.isspace()})
+    words = sorted({w for line in CORPUS for w in re.findall(r"\w+", line.lower()) if len(w) > 1})
+    vocab = {t: i for i, t in enumerate([*specials, *chars, *(f"##{c}" for c in chars), *words])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=300,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     from tokenizers import processors
 
     tok.post_processor = processors.TemplateProcessing(

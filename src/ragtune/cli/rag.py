@@ -3,7 +3,232 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ragtune.cli.common import Progress, add_search_args, console, print_json, search_kwargs
+from ragtune.config import load_config
+from ragtune.errors import RagtuneError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    pass
+    cfg = load_config()
+    p = sub.add_parser(
+        "ingest",
+        help="add files and folders to a knowledge base (incremental)",
+        description="Add .txt, .md, .html, .pdf files and BEIR .jsonl corpora to a knowledge "
+        "base. Unchanged documents are skipped, changed ones replaced.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--kb", required=True, help="knowledge base name")
+    p.add_argument("--prune", action="store_true", help="remove documents gone from PATHs")
+    p.add_argument("--rebuild", action="store_true", help="build the knowledge base afresh")
+    p.add_argument("--embedder", help=f"embedder folder (default: {cfg.ingest.embedder})")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend")
+    p.add_argument("--chunk-tokens", type=int, help="chunk size in embedder tokens (800)")
+    p.add_argument("--chunk-overlap", type=int, help="overlap in tokens (400)")
+    p.add_argument("--max-file-mb", type=float, help="skip files larger than this (50)")
+    p.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="attribute for all docs"
+    )
+    p.add_argument("--device", default=cfg.generate.device)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", help="retrieve chunks from a knowledge base")
+    p.add_argument("query")
+    p.add_argument("--kb", required=True)
+    add_search_args(p, cfg.retrieve)
+    p.add_argument("--device", default=cfg.generate.device)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("ask", help="answer a question from a knowledge base, with citations")
+    p.add_argument("question")
+    p.add_argument("--kb", help="knowledge base (omit for a closed-book answer)")
+    p.add_argument("--model", default=cfg.generate.model, help="default, HF folder or run dir")
+    add_search_args(p, cfg.retrieve, k_default=5)
+    p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
+    p.add_argument("--device", default=cfg.generate.device)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    e = esub.add_parser("retrieval", help="nDCG@10, recall@10/100, MRR@10 per mode")
+    e.add_argument("--corpus", required=True, type=Path)
+    e.add_argument("--queries", required=True, type=Path)
+    e.add_argument("--qrels", required=True, type=Path)
+    e.add_argument("--modes", default="bm25,dense,hybrid")
+    e.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"])
+    e.add_argument("--embedder")
+    e.add_argument("--device", default=cfg.generate.device)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_retrieval)
+
+
+def _meta(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key or key in ("source", "doc_id"):
+            raise RagtuneError(
+                f"Bad --meta {spec!r}", "use KEY=VALUE with a key other than source/doc_id"
+            )
+        out[key] = value
+    return out
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ragtune.ingest.pipeline import ingest
+
+    with Progress(enabled=not args.json) as progress:
+        report = ingest(
+            args.paths,
+            args.kb,
+            embedder=args.embedder,
+            backend=args.backend,
+            chunk_tokens=args.chunk_tokens,
+            chunk_overlap=args.chunk_overlap,
+            max_file_mb=args.max_file_mb,
+            attributes=_meta(args.meta),
+            prune=args.prune,
+            rebuild=args.rebuild,
+            device=args.device,
+            progress=progress.update,
+        )
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    out = console()
+    out.print(
+        f"[bold]{args.kb}[/]: {len(report.added)} added, {len(report.updated)} updated, "
+        f"{report.unchanged} unchanged, {len(report.removed)} removed, "
+        f"{len(report.skipped)} skipped — {report.chunks_added} chunks embedded in "
+        f"{report.seconds:.1f}s; now {report.documents} documents, {report.chunks} chunks"
+    )
+    for path, reason in report.skipped:
+        out.print(f"  skipped {path}: {reason}", highlight=False)
+    if report.missing:
+        out.print(
+            f"  {len(report.missing)} document(s) no longer found under the given paths "
+            "(kept; use --prune to remove): " + ", ".join(report.missing[:5])
+            + (" ..." if len(report.missing) > 5 else ""),
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ragtune.retrieve.kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb, device=args.device)
+    hits = kb.search(args.query, **search_kwargs(args))
+    if args.json:
+        print_json({"query": args.query, "hits": [h.to_dict() for h in hits]})
+        return 0
+    out = console()
+    if not hits:
+        out.print("no results")
+    for h in hits:
+        scores = " ".join(f"{k}={v:.3f}" for k, v in sorted(h.scores.items()))
+        out.print(f"[bold]{h.rank:>2}.[/] {h.chunk.doc_id}  [dim]{scores}[/]", highlight=False)
+        snippet = " ".join(h.chunk.text.split())
+        out.print(f"    {snippet[:200]}{'…' if len(snippet) > 200 else ''}", highlight=False)
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import time
+
+    from ragtune.generate.answer import answer_questions
+    from ragtune.generate.engine import Generator
+    from ragtune.retrieve.kb import KnowledgeBase
+
+    t0 = time.perf_counter()
+    contexts = None
+    timings: dict[str, float] = {}
+    if args.kb:
+        kb = KnowledgeBase.open(args.kb, device=args.device)
+        contexts = [kb.search(args.question, **search_kwargs(args))]
+        timings["retrieve_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    generator = Generator.load(args.model, device=args.device)
+    timings["load_model_s"] = time.perf_counter() - t1
+    answer = answer_questions(
+        [args.question],
+        generator,
+        contexts=contexts,
+        context_tokens=args.context_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )[0]
+    timings["generate_s"] = answer.timings["generate_s"]
+    timings["total_s"] = time.perf_counter() - t0
+    if args.json:
+        print_json(
+            {
+                "answer": answer.text,
+                "citations": [
+                    {
+                        "doc_id": c.doc_id,
+                        "source": c.source,
+                        "start": c.start,
+                        "end": c.end,
+                        "text": c.text,
+                        "marker": c.marker,
+                        "chunk_id": c.chunk_id,
+                        "how": c.how,
+                    }
+                    for c in answer.citations
+                ],
+                "timings": timings,
+                "model": answer.model,
+                "sources": [h.chunk.chunk_id for h in answer.hits],
+            }
+        )
+        return 0
+    out = console()
+    out.print(answer.text or "[dim](no answer)[/]", highlight=False)
+    for c in answer.citations:
+        note = "" if c.how == "model" else " (attributed)"
+        out.print(
+            f"  [{c.marker}] {c.source} chars {c.start}-{c.end}{note}", highlight=False, markup=False
+        )
+    if contexts is None:
+        out.print("[dim](closed book: no --kb given)[/]")
+    return 0
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from ragtune.evaluate.retrieval import evaluate_retrieval
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("bm25", "dense", "hybrid"):
+            raise RagtuneError(f"Unknown mode {m!r}", "use bm25, dense and/or hybrid")
+    with Progress(enabled=not args.json) as progress:
+        result: dict[str, Any] = evaluate_retrieval(
+            args.corpus,
+            args.queries,
+            args.qrels,
+            modes=modes,  # type: ignore[arg-type]
+            embedder=args.embedder,
+            backend=args.backend,
+            device=args.device,
+            progress=progress.update,
+        )
+    if args.json:
+        print_json(result)
+        return 0
+    out = console()
+    for mode in modes:
+        m = result[mode]
+        out.print(
+            f"{mode:<7} nDCG@10 {m['ndcg@10']:.4f}  recall@10 {m['recall@10']:.4f}  "
+            f"recall@100 {m['recall@100']:.4f}  MRR@10 {m['mrr@10']:.4f}"
+        )
+    print(f"({result['_meta']['queries']} queries)", file=sys.stderr)
+    return 0
+

@@ -18,10 +18,11 @@ is what the question prompt triggers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ragtune.types import Message
+from ragtune.types import Hit, Message
 
 QUESTION = "Question:"
 ANSWER = "Answer:"
@@ -94,3 +95,63 @@ def chat_prompt(messages: Sequence[Message], tokenizer: Any) -> str:
     if messages and messages[-1].role != "user":
         text += f"{TURN_SEP}{QUESTION}"
     return text
+
+
+# --- RAG prompts and citations ---------------------------------------------------------
+
+RAG_INSTRUCTION = (
+    "Answer the question with a short answer taken from the sources below. "
+    "After the answer, write the number of the source you used in brackets, like [1]."
+)
+CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def format_source(marker: int, hit: Hit) -> str:
+    title = f" {hit.chunk.title}" if hit.chunk.title else ""
+    return f"[{marker}]{title}\n{hit.chunk.text.strip()}"
+
+
+def pack_sources(
+    hits: Sequence[Hit], count_tokens: Callable[[str], int], budget: int
+) -> list[tuple[Hit, str]]:
+    """Number the hits in rank order and keep as many as fit in ``budget`` tokens.
+
+    A hit that does not fit is left out (a later, shorter one may still fit); if not even
+    the first fits, its text is cut to the budget so the prompt is never empty.
+    """
+    packed: list[tuple[Hit, str]] = []
+    used = 0
+    for hit in hits:
+        block = format_source(len(packed) + 1, hit)
+        n = count_tokens(block)
+        if used + n <= budget:
+            packed.append((hit, block))
+            used += n
+    if not packed and hits:
+        block = format_source(1, hits[0])
+        ratio = budget / max(1, count_tokens(block))
+        packed.append((hits[0], block[: max(1, int(len(block) * ratio * 0.95))]))
+    return packed
+
+
+def rag_messages(
+    question: str, sources: Sequence[str], instruction: str = RAG_INSTRUCTION
+) -> list[Message]:
+    """The conversation for a RAG question: instruction and numbered sources, then the question."""
+    context = instruction + "\n\n" + "\n\n".join(sources) if sources else instruction
+    return [Message("system", context), Message("user", question)]
+
+
+def parse_citations(text: str, n_sources: int) -> list[int]:
+    """Source numbers cited as ``[n]`` in ``text`` (valid ones, first-seen order, no repeats)."""
+    seen: list[int] = []
+    for m in CITATION.finditer(text):
+        n = int(m.group(1))
+        if 1 <= n <= n_sources and n not in seen:
+            seen.append(n)
+    return seen
+
+
+def strip_citations(text: str) -> str:
+    """The answer without its ``[n]`` markers (for scoring against gold answers)."""
+    return re.sub(r"\s+", " ", CITATION.sub("", text)).strip()

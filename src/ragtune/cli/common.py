@@ -1,0 +1,111 @@
+"""Pieces the command modules share: progress bars, output, common flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+
+from ragtune.config import RetrieveConfig
+
+PHASES = {
+    "read": "reading files",
+    "embed": "embedding chunks",
+    "search": "searching",
+    "generate": "generating",
+}
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class Progress:
+    """Rich progress bars driven by ``update(phase, advance, total)`` callbacks (on stderr)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+            disable=not self.enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> Progress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bar.__exit__(exc_type, exc, tb)
+
+    def update(self, phase: str, advance: int, total: int) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bar.add_task(PHASES.get(phase, phase), total=total)
+        self._bar.update(self._tasks[phase], advance=advance, total=total)
+
+
+def add_search_args(p: argparse.ArgumentParser, cfg: RetrieveConfig, k_default: int = 0) -> None:
+    p.add_argument("-k", type=int, default=k_default or cfg.k, help="results to return")
+    p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default=cfg.mode)
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="source=PATH, doc_id=ID or a --meta attribute; repeat to combine",
+    )
+    p.add_argument("--candidates", type=int, default=cfg.candidates, help="per retriever")
+    p.add_argument("--rrf-k", type=int, default=cfg.rrf_k)
+    p.add_argument("--bm25-weight", type=float, default=cfg.bm25_weight)
+    p.add_argument("--dense-weight", type=float, default=cfg.dense_weight)
+    p.add_argument("--reranker", default=cfg.reranker, help="local cross-encoder folder")
+
+
+def search_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The KnowledgeBase.search arguments from parsed search flags."""
+    from ragtune.retrieve.store import parse_filters
+
+    reranker = None
+    if args.reranker:
+        from ragtune.retrieve.rerank import CrossEncoderReranker
+
+        reranker = CrossEncoderReranker(args.reranker, device=args.device)
+    return {
+        "k": args.k,
+        "mode": args.mode,
+        "where": parse_filters(args.filter),
+        "candidates": args.candidates,
+        "rrf_k": args.rrf_k,
+        "bm25_weight": args.bm25_weight,
+        "dense_weight": args.dense_weight,
+        "reranker": reranker,
+    }

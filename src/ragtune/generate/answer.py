@@ -1,0 +1,118 @@
+"""Answering questions: retrieve (or not), build the prompt, generate in batches, cite.
+
+The same function serves ``ragtune ask`` (one question) and each arm of a comparison
+(hundreds): questions are retrieved for together, prompts are decoded in batches, and
+every answer keeps the context it saw, so citations map to exact document spans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ragtune.evaluate.metrics import answer_support
+from ragtune.generate.engine import Generator
+from ragtune.generate.prompts import (
+    RAG_INSTRUCTION,
+    chat_prompt,
+    pack_sources,
+    parse_citations,
+    rag_messages,
+    strip_citations,
+)
+from ragtune.types import Answer, Citation, Hit, Message
+
+MIN_SUPPORT = 0.5  # share of answer tokens a source must contain to be attributed
+
+
+def attribute(answer: str, hits: Sequence[Hit]) -> int | None:
+    """1-based index of the source that best supports ``answer`` (ties: better rank), if any."""
+    best, best_support = None, MIN_SUPPORT
+    for i, hit in enumerate(hits):
+        s = answer_support(answer, hit.chunk.text)
+        if s > best_support or (best is None and s >= best_support):
+            best, best_support = i + 1, s
+    return best
+
+
+def cite(answer: str, hits: Sequence[Hit]) -> list[Citation]:
+    """Citations for an answer generated from ``hits`` (numbered 1..n in the prompt).
+
+    Sources the model cited as ``[n]`` come first; with none, the answer is attributed to
+    the source that contains most of its tokens (marked ``how="attributed"``).
+    """
+    markers = parse_citations(answer, len(hits))
+    how = "model"
+    if not markers:
+        found = attribute(strip_citations(answer), hits)
+        markers, how = ([found], "attributed") if found is not None else ([], "model")
+    out = []
+    for n in markers:
+        c = hits[n - 1].chunk
+        out.append(
+            Citation(
+                marker=n,
+                chunk_id=c.chunk_id,
+                doc_id=c.doc_id,
+                source=c.source,
+                start=c.start,
+                end=c.end,
+                text=c.text,
+                how=how,  # type: ignore[arg-type]
+            )
+        )
+    return out
+
+
+def answer_questions(
+    questions: Sequence[str],
+    generator: Generator,
+    contexts: Sequence[Sequence[Hit]] | None = None,
+    context_tokens: int = 2048,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    instruction: str | None = None,
+    fewshot: Sequence[tuple[str, str]] = (),
+    progress: Callable[[int], None] | None = None,
+) -> list[Answer]:
+    """Answer ``questions`` closed-book (``contexts=None``) or from their retrieved hits.
+
+    The hits of each question are numbered in rank order and packed into
+    ``context_tokens``. ``fewshot`` (question, answer) pairs are shown before each
+    question in the same layout as training examples; ``instruction`` replaces the
+    default RAG instruction (closed-book, it is the only system text).
+    """
+    shots = [m for q, a in fewshot for m in (Message("user", q), Message("assistant", a))]
+    prompts, used_hits = [], []
+    for i, question in enumerate(questions):
+        if contexts is not None:
+            packed = pack_sources(contexts[i], generator.count_tokens, context_tokens)
+            messages = rag_messages(
+                question, [block for _, block in packed], instruction or RAG_INSTRUCTION
+            )
+            used_hits.append([h for h, _ in packed])
+        else:
+            messages = [Message("system", instruction)] if instruction else []
+            messages.append(Message("user", question))
+            used_hits.append([])
+        # Few-shot turns go after the system text and before the question.
+        system = [m for m in messages if m.role == "system"]
+        rest = [m for m in messages if m.role != "system"]
+        prompts.append(chat_prompt([*system, *shots, *rest], generator.tokenizer))
+    gens = generator.generate(
+        prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    return [
+        Answer(
+            question=question,
+            text=gen.text,
+            citations=cite(gen.text, hits) if hits else [],
+            hits=hits,
+            timings={
+                "generate_s": gen.seconds,
+                "prompt_tokens": float(gen.prompt_tokens),
+                "new_tokens": float(gen.new_tokens),
+            },
+            model=generator.name,
+        )
+        for question, hits, gen in zip(questions, used_hits, gens, strict=True)
+    ]

@@ -1,0 +1,254 @@
+"""Split documents into overlapping chunks measured in the embedder's tokens.
+
+The defaults, 800-token chunks overlapping by 400, are OpenAI file_search's. Windows are
+cut at the best text boundary available, in this order of preference::
+
+    paragraph (blank line) > sentence end > line break > whitespace > between tokens
+
+A window's end is the latest boundary of the best class found in its second half (never
+before ``ceil(chunk_tokens / 2)`` tokens), so a chunk is at least half full unless it is
+the document's last. The next window starts at the boundary of the best class nearest to
+``end - overlap`` tokens, within a quarter of the overlap either side (further only to
+avoid starting inside a word), so chunks tend to start at a paragraph or sentence. The
+overlap scales with the window's length (a half-full chunk overlaps the next by half of
+``overlap``), which keeps the stride, and so the number of chunks, bounded.
+
+The boundary logic works on token indices only (``boundary_classes`` then
+``split_windows``), so it is tested without a tokenizer and runs in linear time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from ragtune.errors import RagtuneError
+from ragtune.types import Chunk, Document
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+class Boundary(IntEnum):
+    """How good a place to cut the text is; higher is better."""
+
+    INSIDE_CHAR = 0  # two tokens share a character (byte-level BPE): cut only as a last resort
+    TOKEN = 1  # between two tokens with no whitespace between them
+    SPACE = 2
+    LINE = 3
+    SENTENCE = 4  # after . ! ? (or a closing quote/bracket after one) and whitespace
+    PARAGRAPH = 5  # whitespace holding a blank line; also the start and end of the text
+
+
+# Whitespace runs other than a single space: two or more characters, or one that is not " ".
+_SPECIAL_RUN = re.compile(r"(?=\s)(?:\s{2,}|[^\S ])")
+_SENTENCE_END = frozenset(".!?…")
+_CLOSERS = frozenset("\"')]}»”’")
+_SENTENCE_CHARS = _SENTENCE_END | _CLOSERS
+
+
+def chunk_document(
+    doc: Document,
+    tokenizer: PreTrainedTokenizerBase,
+    chunk_tokens: int = 800,
+    overlap: int = 400,
+) -> list[Chunk]:
+    """Split ``doc.text`` into chunks of at most ``chunk_tokens`` tokens of ``tokenizer``.
+
+    ``tokenizer`` is a Hugging Face *fast* tokenizer (the embedder's); it is used for
+    counting and offsets only, without special tokens or truncation. Every chunk satisfies
+    ``chunk.text == doc.text[chunk.start:chunk.end]`` and has no surrounding whitespace;
+    ids are ``"<doc_id>#<index>"``. A text with no tokens gives no chunks.
+    """
+    check_sizes(chunk_tokens, overlap)
+    if not getattr(tokenizer, "is_fast", False):
+        raise RagtuneError(
+            "Chunking needs a fast (Rust) tokenizer for character offsets",
+            "use an embedder folder that has a tokenizer.json",
+        )
+    encoding = tokenizer(
+        doc.text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        truncation=False,
+        verbose=False,  # no "longer than the maximum sequence length" warning
+    )
+    offsets: list[tuple[int, int]] = encoding["offset_mapping"]
+    windows = split_windows(boundary_classes(doc.text, offsets), chunk_tokens, overlap)
+    chunks: list[Chunk] = []
+    for first, last in windows:
+        start, end = _strip_span(doc.text, offsets[first][0], offsets[last - 1][1])
+        if start == end:
+            continue
+        index = len(chunks)
+        chunks.append(
+            Chunk(
+                chunk_id=f"{doc.doc_id}#{index}",
+                doc_id=doc.doc_id,
+                index=index,
+                text=doc.text[start:end],
+                start=start,
+                end=end,
+                source=doc.source,
+                title=doc.title,
+                attributes=dict(doc.attributes),
+            )
+        )
+    return chunks
+
+
+def check_sizes(chunk_tokens: int, overlap: int) -> None:
+    """Raise RagtuneError unless ``chunk_tokens >= 1`` and ``0 <= overlap < chunk_tokens``."""
+    if chunk_tokens < 1:
+        raise RagtuneError(
+            f"chunk_tokens must be at least 1, got {chunk_tokens}", "e.g. chunk_tokens = 800"
+        )
+    if not 0 <= overlap < chunk_tokens:
+        raise RagtuneError(
+            f"chunk overlap must be between 0 and chunk_tokens - 1 ({chunk_tokens - 1}),"
+            f" got {overlap}",
+            "e.g. chunk_tokens = 800 with chunk_overlap = 400",
+        )
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` narrowed so that ``text[start:end]`` has no surrounding whitespace."""
+    piece = text[start:end]
+    stripped = piece.lstrip()
+    start += len(piece) - len(stripped)
+    return start, start + len(stripped.rstrip())
+
+
+def boundary_classes(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """The ``Boundary`` class of cutting ``text`` before each token, for tokens with
+    character ``offsets``: ``n + 1`` values for ``n`` tokens, the first and last (the
+    text's start and end) ``PARAGRAPH``.
+
+    A cut before token ``i`` is classified by the whitespace run that touches the start
+    of token ``i`` (the gap between tokens, or whitespace a token carries, as byte-level
+    tokenizers do), so it works whether or not the tokenizer keeps whitespace in tokens.
+    A sentence end is ``. ! ? …``, optionally followed by closing quotes or brackets,
+    then whitespace, then anything but a lowercase letter (so "e.g. this" is not one).
+    """
+    # Runs other than a single space are few (line breaks, indents): classify them up
+    # front; single spaces, most gaps, take the fast path below.
+    special = [(m.start(), m.end()) for m in _SPECIAL_RUN.finditer(text)]
+    special_starts = [start for start, _ in special]
+    special_classes = [_run_class(text, start, end) for start, end in special]
+
+    def run_class_at(pos: int) -> int:
+        """The class of the whitespace run that contains or touches ``pos``; TOKEN if none."""
+        j = bisect.bisect_right(special_starts, pos) - 1  # the last special run at or before
+        if j >= 0 and special[j][1] >= pos:
+            return special_classes[j]
+        if pos > 0 and text[pos - 1] == " ":
+            return _space_class(text, pos - 1)
+        if pos < len(text) and text[pos] == " ":
+            return _space_class(text, pos)
+        return Boundary.TOKEN
+
+    n = len(offsets)
+    classes = [int(Boundary.PARAGRAPH)] * (n + 1)
+    for i in range(1, n):
+        prev_end, start = offsets[i - 1][1], offsets[i][0]
+        if prev_end > start:
+            classes[i] = Boundary.INSIDE_CHAR
+        elif (
+            0 < prev_end == start - 1 < len(text) - 1
+            and text[prev_end] == " "
+            and not text[prev_end - 1].isspace()
+            and not text[start].isspace()
+        ):  # the common case: exactly one space between two tokens
+            if text[prev_end - 1] in _SENTENCE_CHARS:
+                classes[i] = _space_class(text, prev_end)
+            else:
+                classes[i] = Boundary.SPACE
+        else:
+            classes[i] = run_class_at(start)
+    return classes
+
+
+def _space_class(text: str, pos: int) -> int:
+    """The class of a single space ``text[pos]`` (SENTENCE or SPACE)."""
+    return _run_class(text, pos, pos + 1)
+
+
+def _run_class(text: str, start: int, end: int) -> int:
+    """The class of a whitespace run ``text[start:end]`` as a place to cut."""
+    newlines = text.count("\n", start, end)
+    if newlines >= 2:
+        return Boundary.PARAGRAPH
+    if _ends_sentence(text, start) and (end == len(text) or not text[end].islower()):
+        return Boundary.SENTENCE
+    return Boundary.LINE if newlines else Boundary.SPACE
+
+
+def _ends_sentence(text: str, pos: int) -> bool:
+    """Whether ``text[:pos]`` ends with sentence-final punctuation (closers allowed after)."""
+    i = pos - 1
+    while i >= 0 and pos - i <= 3 and text[i] in _CLOSERS:
+        i -= 1
+    return i >= 0 and text[i] in _SENTENCE_END
+
+
+def split_windows(classes: Sequence[int], chunk_tokens: int, overlap: int) -> list[tuple[int, int]]:
+    """Token windows ``[(first, end), ...]`` covering all ``len(classes) - 1`` tokens.
+
+    ``classes[i]`` is the ``Boundary`` class of cutting before token ``i``. Each window has
+    at most ``chunk_tokens`` tokens; each ends after the previous one ends and starts after
+    the previous one starts; the last ends at the last token. See the module docstring for
+    how ends and starts are chosen.
+    """
+    check_sizes(chunk_tokens, overlap)
+    n = len(classes) - 1
+    if n <= 0:
+        return []
+    cls = bytes(classes)  # so the searches below run in C
+    windows: list[tuple[int, int]] = []
+    start, prev_end = 0, 0
+    while n - start > chunk_tokens:
+        lo = max(start + (chunk_tokens + 1) // 2, prev_end + 1)
+        end = _latest_best(cls, lo, start + chunk_tokens)
+        windows.append((start, end))
+        start, prev_end = _next_start(cls, start, end, chunk_tokens, overlap), end
+    windows.append((start, n))
+    return windows
+
+
+def _latest_best(cls: bytes, lo: int, hi: int) -> int:
+    """The latest position in ``[lo, hi]`` with the highest class there."""
+    best = max(cls[lo : hi + 1])
+    return cls.rfind(bytes([best]), lo, hi + 1)
+
+
+def _next_start(cls: bytes, start: int, end: int, chunk_tokens: int, overlap: int) -> int:
+    """Where the window after ``[start, end)`` starts: the best boundary nearest to
+    ``end - overlap'`` (``overlap`` scaled by the window's fill), looking a quarter of
+    ``overlap'`` either side, or the whole window when that finds no word boundary."""
+    wanted = overlap * (end - start) // chunk_tokens  # < end - start, so progress is made
+    if wanted == 0:
+        return end
+    target = end - wanted
+    reach = max(1, wanted // 4)
+    lo, hi = max(start + 1, target - reach), min(end - 1, target + reach)
+    if max(cls[lo : hi + 1]) < Boundary.SPACE:  # do not start inside a word if avoidable
+        lo, hi = start + 1, end - 1
+    return _nearest_best(cls, lo, hi, target)
+
+
+def _nearest_best(cls: bytes, lo: int, hi: int, target: int) -> int:
+    """The position in ``[lo, hi]`` with the highest class there that is nearest to
+    ``target`` (the earlier one on a tie)."""
+    best = bytes([max(cls[lo : hi + 1])])
+    before = cls.rfind(best, lo, target + 1)
+    after = cls.find(best, target, hi + 1)
+    if before < 0:
+        return after
+    if after < 0 or target - before <= after - target:
+        return before
+    return after

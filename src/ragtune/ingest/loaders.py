@@ -1,0 +1,713 @@
+"""Finding files and turning each into ``Document`` records: txt, md, html, pdf, BEIR jsonl.
+
+Every loader is strict about what it accepts and explains what it rejects: a bad file
+raises ``SkipFile`` with a one-line reason (the pipeline reports it and carries on), and
+no other exception escapes for bad input. A BEIR corpus (``.jsonl``) is many documents,
+so a bad *line* does not reject the file: it is returned in ``Loaded.skipped``.
+
+Text is normalised once, before anything else: CRLF and lone CR become LF, and a UTF-8
+byte order mark is dropped. Chunk offsets index into this normalised text, so they do not
+depend on the platform that wrote the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ragtune.errors import RagtuneError
+from ragtune.types import Document
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
+DEFAULT_MAX_BYTES = 50 * 2**20
+_SNIFF_BYTES = 8192
+_BOM = b"\xef\xbb\xbf"
+_HASH_VERSION = "ragtune-document-v1"
+
+
+class SkipFile(Exception):
+    """A file (or corpus) that cannot be ingested; ``reason`` says why, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What one file yielded: its documents, and the records skipped inside it.
+
+    ``skipped`` holds ``(what, reason)`` pairs for the parts left out of a file that was
+    loaded: a BEIR corpus's bad lines (``("data/corpus.jsonl:17", "invalid JSON: ...")``),
+    or a PDF's pages whose text could not be extracted (``("a.pdf page 3", ...)``).
+    """
+
+    documents: list[Document]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --- discovery and identity --------------------------------------------------------------
+
+
+def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(file, root)`` for every file to ingest under ``paths``.
+
+    A directory is walked recursively (symlinked folders are followed, each real folder
+    once, so links cannot loop) and yields its supported files sorted by relative path,
+    skipping names that start with ``.``. A file named explicitly is always yielded, even
+    a hidden or unsupported one, so ``load_file`` can say why it is not ingested rather
+    than ignoring it silently; its root is the file itself. A file reached twice (two
+    arguments, or a symlink) is yielded once, the first time. Every path is checked
+    before anything is yielded: a missing one raises ``RagtuneError``.
+    """
+    for path in paths:
+        if not os.path.lexists(path) or (path.is_symlink() and not path.exists()):
+            raise RagtuneError(
+                f"Path not found: {path}",
+                "check the spelling; pass files or folders of .txt, .md, .html, .pdf, .jsonl",
+            )
+    seen: set[Path] = set()
+    for path in paths:
+        files = _walk(path) if path.is_dir() else [path]
+        for file in files:
+            real = file.resolve()
+            if real not in seen:
+                seen.add(real)
+                yield file, path
+
+
+def _walk(root: Path) -> list[Path]:
+    """The supported, non-hidden files under ``root``, sorted by their relative path parts."""
+    found: list[tuple[tuple[str, ...], Path]] = []
+    visited = {os.path.realpath(root)}
+
+    def on_error(err: OSError) -> None:
+        log.warning("cannot list %s: %s", err.filename, err.strerror)
+
+    for folder, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
+        keep = []
+        for name in dirnames:
+            real = os.path.realpath(os.path.join(folder, name))
+            if not name.startswith(".") and real not in visited:
+                visited.add(real)
+                keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            if not name.startswith(".") and _suffix(Path(name)) in SUPPORTED_SUFFIXES:
+                file = Path(folder) / name
+                found.append((file.relative_to(root).parts, file))
+    found.sort(key=lambda item: item[0])
+    return [file for _, file in found]
+
+
+def doc_id_for(file: Path, root: Path) -> str:
+    """A document id that is stable across re-ingests from any working directory.
+
+    Under a folder root it is ``<folder name>/<path inside it>`` (``docs/guide/intro.md``);
+    for a file named directly it is the file name.
+    """
+    if root.is_dir():
+        rel = file.relative_to(root).as_posix()
+        prefix = root.resolve().name
+        return f"{prefix}/{rel}" if prefix else rel
+    return file.name
+
+
+def document_hash(title: str, text: str, attributes: Mapping[str, str]) -> str:
+    """sha256 (hex) of what gets indexed: title, text and attributes, canonically encoded.
+
+    The encoding is compact JSON of ``[version, title, text, sorted attribute pairs]``, so
+    equal content hashes equal regardless of attribute order; ids and paths are not part
+    of it (a moved file keeps its hash).
+    """
+    payload = [_HASH_VERSION, title, text, sorted(attributes.items())]
+    encoded = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_file(
+    file: Path,
+    root: Path,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    attributes: Mapping[str, str] | None = None,
+) -> Loaded:
+    """Load one file into documents, or raise ``SkipFile`` saying why it cannot be.
+
+    txt, md, html and pdf files give one document whose id is ``doc_id_for(file, root)``;
+    a BEIR ``.jsonl`` corpus gives one document per record, with the record's id. Every
+    document has ``source = str(file.resolve())``, a ``content_hash``, and ``attributes``
+    merged over the ones read from the file (the caller's win). ``max_bytes`` limits the
+    file size, except for ``.jsonl`` corpora, where it limits each record's text instead.
+    """
+    suffix = _suffix(file)
+    if suffix not in SUPPORTED_SUFFIXES:
+        shown = suffix or "(no suffix)"
+        raise SkipFile(
+            f"unsupported file type {shown} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
+        )
+    size = _regular_file_size(file)
+    extra = dict(attributes or {})
+    source = str(file.resolve())
+    if suffix == ".jsonl":
+        if size == 0:
+            raise SkipFile("empty file")
+        return _load_corpus(file, source, max_bytes, extra)
+    data = _read_limited(file, size, max_bytes)
+    skipped: list[tuple[str, str]] = []
+    if suffix == ".pdf":
+        title, text, failed = _pdf_text(data)
+        skipped = [(f"{file} page {number}", reason) for number, reason in failed]
+    else:
+        text = _decode_text(data)
+        if suffix in (".md", ".markdown"):
+            title, text = markdown_text(text)
+        elif suffix in (".html", ".htm"):
+            title, text = html_text(text)
+        else:
+            title = ""
+        if not text.strip():
+            raise SkipFile("no text left after removing markup and front matter")
+    doc = _document(doc_id_for(file, root), text, source, title, extra)
+    return Loaded([doc], skipped)
+
+
+def _suffix(file: Path) -> str:
+    return file.suffix.lower()
+
+
+def _document(
+    doc_id: str, text: str, source: str, title: str, attributes: dict[str, str]
+) -> Document:
+    return Document(
+        doc_id=doc_id,
+        text=text,
+        source=source,
+        title=title,
+        attributes=attributes,
+        content_hash=document_hash(title, text, attributes),
+    )
+
+
+def _regular_file_size(file: Path) -> int:
+    try:
+        st = os.stat(file)
+    except OSError as e:
+        raise SkipFile(f"cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipFile("not a regular file")
+    return st.st_size
+
+
+def _read_limited(file: Path, size: int, max_bytes: int) -> bytes:
+    """The file's bytes; SkipFile when it is empty, unreadable or over ``max_bytes``."""
+    if size == 0:
+        raise SkipFile("empty file")
+    if size > max_bytes:
+        raise SkipFile(f"file is {format_size(size)}, over the limit of {format_size(max_bytes)}")
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as e:
+        raise SkipFile(f"cannot read: {e.strerror or e}") from None
+    if len(data) > max_bytes:  # the file grew since stat
+        raise SkipFile(f"file is over the limit of {format_size(max_bytes)}")
+    if not data:
+        raise SkipFile("empty file")
+    return data
+
+
+def format_size(n: int) -> str:
+    """``512 bytes``, ``3.2 KiB``, ``50.0 MiB``, ``1.5 GiB``."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+# --- bytes to text ---------------------------------------------------------------------
+
+
+_CONTROL_BYTES = bytes([*range(0x01, 0x09), *range(0x0E, 0x20), 0x7F])  # not \t \n \v \f \r
+
+
+def binary_reason(sample: bytes) -> str | None:
+    """Why ``sample`` (a file's first bytes) is not text, or None if it looks like text."""
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text (byte order mark); convert it to UTF-8"
+    if b"\x00" in sample:
+        return "binary file (contains NUL bytes)"
+    control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    if sample and control / len(sample) > 0.3:
+        return "binary file (mostly control characters)"
+    return None
+
+
+def _decode_text(data: bytes) -> str:
+    """UTF-8 text with its BOM dropped and newlines normalised; SkipFile otherwise."""
+    reason = binary_reason(data[:_SNIFF_BYTES])
+    if reason:
+        raise SkipFile(reason)
+    text = decode_utf8(data)
+    if not text.strip():
+        raise SkipFile("empty file (only whitespace)")
+    return text
+
+
+def decode_utf8(data: bytes, base_offset: int = 0) -> str:
+    """Decode UTF-8 (BOM dropped, newlines normalised to LF) or raise SkipFile with the
+    file offset (``base_offset`` + position) of the first invalid byte."""
+    bom = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        raise SkipFile(
+            f"not UTF-8: invalid byte 0x{data[offset]:02x} at byte offset {base_offset + offset}"
+            " (convert it, e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    return normalize_newlines(text)
+
+
+def normalize_newlines(text: str) -> str:
+    """CRLF and lone CR become LF, so offsets do not depend on the writer's platform."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_extracted(text: str) -> str:
+    """Text from a library (pypdf, json): NULs dropped, lone surrogates replaced by U+FFFD."""
+    text = normalize_newlines(text.replace("\x00", ""))
+    return _SURROGATE.sub("\ufffd", text)
+
+
+# --- markdown --------------------------------------------------------------------------
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S | re.M)
+_FRONT_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.M)
+_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def markdown_text(text: str) -> tuple[str, str]:
+    """``(title, text)``: the text without its YAML front matter, as-is otherwise.
+
+    The title is the first level-1 ATX heading (``# Title``) outside code fences, else a
+    ``title:`` line in the front matter, else "".
+    """
+    front = ""
+    match = _FRONT_MATTER.match(text)
+    if match:
+        front, text = match.group(1), text[match.end() :]
+    title = _first_h1(text)
+    if not title and (m := _FRONT_TITLE.search(front)):
+        title = m.group(1).strip("\"'")
+    return title, text
+
+
+def _first_h1(text: str) -> str:
+    fence = ""
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if m:
+            marker = m.group(1)
+            if not fence:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence):
+                fence = ""
+            continue
+        if not fence and (h := _ATX_H1.match(line)):
+            return h.group(1).strip()
+    return ""
+
+
+# --- html ------------------------------------------------------------------------------
+
+
+def _tags(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+_DROP_TAGS = _tags(
+    "script style noscript template svg head nav aside button iframe select datalist "
+    "canvas object video audio dialog"
+)
+_SCOPED_DROP = _tags("header footer")  # page banner/contentinfo only outside sections
+_SECTIONING = _tags("article main section")
+_DROP_ROLES = _tags("navigation banner contentinfo search")
+_HEAD_TAGS = _tags("title meta link style script base noscript template")
+_VOID_TAGS = _tags("area base br col embed hr img input link meta param source track wbr")
+_LINE_TAGS = _tags("br li tr dt dd option caption")
+_BLOCK_TAGS = _tags(
+    "address article aside blockquote body center details dialog dir div dl fieldset "
+    "figcaption figure footer form h1 h2 h3 h4 h5 h6 header hgroup hr html legend main menu "
+    "nav ol p pre section summary table tbody tfoot thead ul"
+)
+_CELL_TAGS = frozenset({"td", "th"})
+_WS = re.compile(r"\s+")
+_TEXT, _PRE, _BREAK = 0, 1, 2
+
+
+class _Piece(NamedTuple):
+    kind: int  # _TEXT (collapse whitespace), _PRE (verbatim) or _BREAK (value = newlines)
+    value: str
+    main: int  # index of the enclosing <main>, -1 outside any
+    article: bool  # inside an <article>
+    h1: int  # index of the enclosing <h1>, -1 outside any
+    form: bool  # inside a <form>: dropped unless that leaves no text (see _main_pieces)
+
+
+@dataclass
+class _Frame:
+    tag: str
+    drop: bool
+    main: int = -1
+    article: bool = False
+    h1: int = -1
+    pre: bool = False
+    form: bool = False
+
+
+class _MainTextParser(HTMLParser):
+    """Collects text pieces tagged with their main/article/h1 scope; drops boilerplate."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[_Frame] = [_Frame("#root", drop=False)]
+        self.pieces: list[_Piece] = []
+        self.title_parts: list[str] | None = None  # while inside the document <title>
+        self.title = ""
+        self.n_main = 0
+        self.n_h1 = 0
+
+    def _emit(self, kind: int, value: str) -> None:
+        top = self.stack[-1]
+        if not top.drop:
+            self.pieces.append(_Piece(kind, value, top.main, top.article, top.h1, top.form))
+
+    def _break_for(self, tag: str) -> None:
+        if tag in _LINE_TAGS:
+            self._emit(_BREAK, "\n")
+        elif tag in _BLOCK_TAGS:
+            self._emit(_BREAK, "\n\n")
+        elif tag in _CELL_TAGS:
+            self._emit(_TEXT, " ")
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if (self.stack[-1].tag == "head" and tag not in _HEAD_TAGS) or tag == "body":
+            self._close("head")  # </head> is optional in HTML
+        open_tags = [f.tag for f in self.stack]
+        if tag == "title" and not self.title and "svg" not in open_tags:
+            self.title_parts = []
+        self._break_for(tag)
+        if tag in _VOID_TAGS:
+            return
+        top = self.stack[-1]
+        frame = _Frame(tag, top.drop, top.main, top.article, top.h1, top.pre, top.form)
+        frame.drop = frame.drop or self._drops(tag, dict(attrs), open_tags)
+        if not frame.drop:
+            if tag == "main" and frame.main < 0:
+                frame.main, self.n_main = self.n_main, self.n_main + 1
+            elif tag == "article":
+                frame.article = True
+            elif tag == "h1" and frame.h1 < 0:
+                frame.h1, self.n_h1 = self.n_h1, self.n_h1 + 1
+            elif tag == "pre":
+                frame.pre = True
+            elif tag == "form":
+                frame.form = True
+        self.stack.append(frame)
+
+    @staticmethod
+    def _drops(tag: str, attrs: dict[str, str | None], open_tags: list[str]) -> bool:
+        if tag in _DROP_TAGS or "hidden" in attrs:
+            return True
+        if tag in _SCOPED_DROP and not _SECTIONING.intersection(open_tags):
+            return True
+        if (attrs.get("aria-hidden") or "").strip().lower() == "true":
+            return True
+        roles = (attrs.get("role") or "").lower().split()
+        return any(role in _DROP_ROLES for role in roles)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title" and self.title_parts is not None:
+            self.title = _WS.sub(" ", "".join(self.title_parts)).strip()
+            self.title_parts = None
+        if self._close(tag):
+            self._break_for(tag)
+
+    def _close(self, tag: str) -> bool:
+        """Pop up to and including the innermost open ``tag``; False when none is open."""
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i].tag == tag:
+                del self.stack[i:]
+                return True
+        return False
+
+    def handle_data(self, data: str) -> None:
+        if self.title_parts is not None:
+            self.title_parts.append(data)
+        self._emit(_PRE if self.stack[-1].pre else _TEXT, data)
+
+
+def html_text(markup: str) -> tuple[str, str]:
+    """``(title, main text)`` of an HTML page, without navigation and other boilerplate.
+
+    Dropped: script/style/head/nav/aside/button/iframe-like elements, page-level header
+    and footer, elements with role navigation/banner/contentinfo/search, ``aria-hidden=
+    "true"`` or ``hidden``, and form content unless nothing else is left. If the page has
+    a ``<main>``, only the first one is kept; else, if it has ``<article>`` elements, only
+    those. Block elements break paragraphs (``\\n\\n``), line
+    elements (br, li, tr) break lines, whitespace inside other text collapses to one space,
+    and ``<pre>`` is kept verbatim. The title is ``<title>``, else the first kept ``<h1>``.
+    """
+    parser = _MainTextParser()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception as e:  # html.parser is lenient; this guards odd inputs
+        raise SkipFile(f"cannot parse HTML: {e}") from None
+    pieces = _main_pieces(parser.pieces)
+    return parser.title or _first_h1_text(pieces), _assemble(pieces)
+
+
+def _main_pieces(pieces: list[_Piece]) -> list[_Piece]:
+    """The first ``<main>``'s pieces, else all ``<article>`` pieces, else all pieces: the
+    first of these with any text, preferring each without its ``<form>`` content (some
+    frameworks wrap a whole page in one form, so forms are not dropped outright)."""
+    for scope in (
+        [p for p in pieces if p.main == 0],
+        [p for p in pieces if p.article],
+        pieces,
+    ):
+        for keep in ([p for p in scope if not p.form], scope):
+            if any(p.kind != _BREAK and p.value.strip() for p in keep):
+                return keep
+    return pieces
+
+
+def _first_h1_text(pieces: list[_Piece]) -> str:
+    """The text of the first ``<h1>`` among ``pieces``, whitespace collapsed."""
+    first = min((p.h1 for p in pieces if p.h1 >= 0), default=-1)
+    if first < 0:
+        return ""
+    text = "".join(p.value for p in pieces if p.h1 == first and p.kind != _BREAK)
+    return _WS.sub(" ", text).strip()
+
+
+def _assemble(pieces: list[_Piece]) -> str:
+    """Join pieces: collapse inline whitespace, turn breaks into ``\\n`` or ``\\n\\n``."""
+    out: list[str] = []
+    newlines = 0  # owed before the next text
+    space = False  # a space is owed before the next text
+    for piece in pieces:
+        if piece.kind == _BREAK:
+            newlines = max(newlines, len(piece.value))
+            space = False
+            continue
+        value = piece.value
+        if piece.kind == _TEXT:
+            value = _WS.sub(" ", value)
+            core = value.strip(" ")
+            if not core:
+                space = space or bool(value)
+                continue
+            lead, trail = value[0] == " ", value[-1] == " "
+            value = core
+        else:  # <pre>: verbatim, except the newline that may follow <pre>
+            lead = trail = False
+            if newlines and value.startswith("\n"):
+                value = value[1:]
+        if out and newlines:
+            out[-1] = out[-1].rstrip()
+            out.append("\n" * newlines)
+        elif out and (space or lead):
+            out.append(" ")
+        out.append(value)
+        newlines, space = 0, trail
+    return "".join(out).strip()
+
+
+# --- pdf -------------------------------------------------------------------------------
+
+
+def _pdf_text(data: bytes) -> tuple[str, str, list[tuple[int, str]]]:
+    """``(title, text, failed pages)`` of a PDF: the pages' text joined by blank lines, and
+    ``(page number, reason)`` for pages whose text could not be extracted. SkipFile when
+    it has no text (a scan), is encrypted with a password, or cannot be parsed."""
+    import pypdf
+    from pypdf.errors import FileNotDecryptedError
+
+    pages: list[str] = []
+    failed: list[tuple[int, str]] = []
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise SkipFile("encrypted PDF (needs a password); save a decrypted copy")
+        for number, page in enumerate(reader.pages, 1):
+            try:
+                pages.append(_clean_extracted(page.extract_text() or "").strip())
+            except Exception as e:  # one damaged page should not lose the others
+                failed.append((number, f"cannot extract text: {type(e).__name__}: {e}"))
+        meta = reader.metadata
+        title = _clean_extracted(str(meta.title)).strip() if meta and meta.title else ""
+    except SkipFile:
+        raise
+    except FileNotDecryptedError:
+        raise SkipFile("encrypted PDF (needs a password); save a decrypted copy") from None
+    except Exception as e:  # pypdf raises many types for damaged files
+        raise SkipFile(f"cannot parse PDF: {type(e).__name__}: {e}") from None
+    text = "\n\n".join(page for page in pages if page)
+    if not text and failed:
+        raise SkipFile(f"cannot extract text from any page (page {failed[0][0]}: {failed[0][1]})")
+    if not text:
+        raise SkipFile("no text layer (scanned?); OCR is not supported")
+    return title, text, failed
+
+
+# --- BEIR corpus (jsonl) ---------------------------------------------------------------
+
+
+def _load_corpus(file: Path, source: str, max_bytes: int, extra: dict[str, str]) -> Loaded:
+    """A BEIR ``corpus.jsonl``, read line by line; bad records are skipped, not fatal."""
+    documents: list[Document] = []
+    skipped: list[tuple[str, str]] = []
+    try:
+        with open(file, "rb") as fh:
+            reason = binary_reason(fh.read(_SNIFF_BYTES))
+            if reason:
+                raise SkipFile(reason)
+            fh.seek(0)
+            for item in _corpus_records(fh, str(file), source, max_bytes, extra):
+                if isinstance(item, Document):
+                    documents.append(item)
+                else:
+                    skipped.append(item)
+    except OSError as e:
+        raise SkipFile(f"cannot read: {e.strerror or e}") from None
+    if not documents and not skipped:
+        raise SkipFile("empty file (only whitespace)")
+    return Loaded(documents, skipped)
+
+
+def _corpus_records(
+    lines: Iterable[bytes],
+    name: str,
+    source: str,
+    max_bytes: int,
+    extra: dict[str, str],
+) -> Iterator[Document | tuple[str, str]]:
+    """Documents and ``(what, reason)`` skips, one per non-blank line, streaming."""
+    first_line_at: dict[str, int] = {}  # id -> line of the document that has it
+    offset = 0  # byte offset of the current line in the file
+    checked_format = False
+    for lineno, raw in enumerate(lines, 1):
+        line_offset, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        what = f"{name}:{lineno}"  # name is the file as discovered
+        record, error = None, ""
+        try:
+            record = json.loads(decode_utf8(raw, line_offset))
+        except SkipFile as e:
+            error = e.reason
+        except json.JSONDecodeError as e:
+            error = f"invalid JSON: {e.msg} (column {e.colno})"
+        except (ValueError, RecursionError) as e:  # e.g. a 5000-digit number, deep nesting
+            error = f"invalid JSON: {type(e).__name__}: {e}"
+        if not checked_format:
+            _check_corpus_format(record, error, lineno)
+            checked_format = True
+        if error:
+            yield what, error
+            continue
+        result = _corpus_document(record, source, max_bytes, extra)
+        if isinstance(result, str):
+            yield what, result
+        elif result.doc_id in first_line_at:
+            yield (
+                what,
+                f"duplicate id {result.doc_id!r} (first on line {first_line_at[result.doc_id]})",
+            )
+        else:
+            first_line_at[result.doc_id] = lineno
+            yield result
+
+
+def _check_corpus_format(record: Any, error: str, lineno: int) -> None:
+    """Reject a file whose first record is not a BEIR corpus record."""
+    expected = 'expected one {"_id", "title", "text"} object per line'
+    if error:
+        raise SkipFile(f"not a BEIR corpus: line {lineno}: {error} ({expected})")
+    if not isinstance(record, dict):
+        raise SkipFile(f"not a BEIR corpus: line {lineno} is not a JSON object ({expected})")
+    if "_id" not in record and "id" not in record:
+        raise SkipFile(f"not a BEIR corpus: line {lineno} has no '_id' ({expected})")
+    if "text" not in record:
+        raise SkipFile(f"not a BEIR corpus: line {lineno} has no 'text' ({expected})")
+
+
+def _corpus_document(
+    record: Any, source: str, max_bytes: int, extra: dict[str, str]
+) -> Document | str:
+    """The record as a Document, or the reason it is skipped."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    raw_id = record.get("_id", record.get("id"))
+    if raw_id is None:
+        return "no '_id'"
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        return "'_id' is not a string or integer"
+    doc_id = str(raw_id)
+    if not doc_id.strip():
+        return "empty '_id'"
+    text, title, metadata = record.get("text"), record.get("title"), record.get("metadata")
+    if not isinstance(text, str):
+        return "no 'text' string"
+    if not text.strip():
+        return f"empty text (id {doc_id!r})"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return f"text is {format_size(size)}, over the limit of {format_size(max_bytes)}"
+    if title is not None and not isinstance(title, str):
+        return "'title' is not a string"
+    if metadata is not None and not isinstance(metadata, dict):
+        return "'metadata' is not an object"
+    attributes = {**flatten_metadata(metadata or {}), **extra}
+    title_text = _clean_extracted(title or "").strip()
+    return _document(doc_id, _clean_extracted(text), source, title_text, attributes)
+
+
+def flatten_metadata(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """String attributes from a JSON object: str/int/float/bool values as strings (bools as
+    ``true``/``false``), nested objects as dotted keys; lists and nulls are left out."""
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        elif isinstance(value, dict):
+            out.update(flatten_metadata(value, f"{name}."))
+    return out

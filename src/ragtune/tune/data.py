@@ -1,0 +1,419 @@
+"""Training data: three input formats, OpenAI-style validation, and tokenization.
+
+Every format becomes a list of :class:`ragtune.types.Example`:
+
+* ``chat``: OpenAI chat fine-tuning JSONL, ``{"messages": [{"role", "content", "weight"?}]}``.
+* ``completion``: ``{"prompt", "completion"}`` JSONL, a user and an assistant message.
+* ``text``: ``.txt`` / ``.md`` files, a folder of them, or ``{"text"}`` JSONL: one assistant
+  message with no prompt, trained on whole (continued pre-training, the "unsupervised
+  fine-tuning" of Ovadia et al. 2023, arXiv:2312.05934).
+
+Validation follows the checks and error categories of OpenAI's cookbook "Data preparation
+and analysis for chat model fine-tuning" (``data_type``, ``missing_messages_list``,
+``message_missing_key``, ``message_unrecognized_key``, ``unrecognized_role``,
+``missing_content``, ``example_missing_assistant_message``) plus the API's rules on
+``weight`` and the minimum of 10 examples. Every problem carries its line number and all
+are reported at once; :func:`require_valid` refuses to go on while any error remains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from ragtune.errors import RagtuneError
+from ragtune.generate.prompts import render_chat_segments
+from ragtune.types import Example, Message, Role
+
+log = logging.getLogger(__name__)
+
+DataFormat = Literal["chat", "completion", "text"]
+DATA_FORMATS: tuple[DataFormat, ...] = ("chat", "completion", "text")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+JSONL_SUFFIXES = (".jsonl", ".json")
+MIN_EXAMPLES = 10  # the OpenAI fine-tuning API rejects training files with fewer examples
+IGNORE = -100  # label of positions that are not trained on (PyTorch's cross-entropy default)
+
+# Message keys OpenAI's validator accepts; ragtune trains on role/content/weight only.
+_KNOWN_MESSAGE_KEYS = ("role", "content", "name", "weight", "function_call", "tool_calls")
+_ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or worth knowing) about a data file, at a 1-based line (0: whole file)."""
+
+    source: str
+    line: int
+    category: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: [{self.category}] {self.message}"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Parsed examples with where each came from, and every problem found."""
+
+    path: str
+    format: DataFormat
+    examples: list[Example]
+    origins: list[tuple[str, int]]  # (file, line) of each example; line 0 for a whole file
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    sha256: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def error_counts(self) -> dict[str, int]:
+        return dict(Counter(p.category for p in self.errors))
+
+
+def detect_format(path: Path) -> DataFormat:
+    """``text`` for folders and .txt/.md files; for JSONL, the keys of the first object."""
+    if path.is_dir() or path.suffix.lower() in TEXT_SUFFIXES:
+        return "text"
+    if path.suffix.lower() not in JSONL_SUFFIXES:
+        raise RagtuneError(
+            f"Cannot tell the format of {path}",
+            "use a .jsonl file (chat, prompt/completion or text records), .txt/.md files or a "
+            "folder of them, or pass --format chat|completion|text",
+        )
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                if "messages" in obj:
+                    return "chat"
+                if "prompt" in obj or "completion" in obj:
+                    return "completion"
+                if "text" in obj:
+                    return "text"
+            break
+    return "chat"  # the default format; its validator then says what is missing
+
+
+def load_data(
+    path: str | Path, data_format: DataFormat | None = None, min_examples: int = MIN_EXAMPLES
+) -> TrainingData:
+    """Read and validate a data file or folder. Problems are collected, never raised."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RagtuneError(
+            f"Data not found: {p}", "pass a .jsonl file, a .txt/.md file or a folder"
+        )
+    fmt = data_format or detect_format(p)
+    if fmt not in DATA_FORMATS:
+        raise RagtuneError(f"Unknown data format {fmt!r}", "use chat, completion or text")
+    if p.is_dir() or (fmt == "text" and p.suffix.lower() in TEXT_SUFFIXES):
+        data = _load_documents(p)
+    else:
+        data = _load_jsonl(p, fmt)
+    if fmt != "text" and len(data.examples) + _n_bad_lines(data) < min_examples:
+        data.errors.append(
+            Problem(
+                str(p),
+                0,
+                "too_few_examples",
+                f"{len(data.examples)} valid example(s); fine-tuning needs at least "
+                f"{min_examples} (OpenAI's minimum; 50-100 usually work better)",
+            )
+        )
+    return data
+
+
+def load_examples(
+    path: str | Path, data_format: DataFormat | None = None, min_examples: int = 0
+) -> list[Example]:
+    """The examples of a data file or folder; raises :class:`RagtuneError` if any is invalid."""
+    data = load_data(path, data_format, min_examples=min_examples)
+    require_valid(data)
+    return data.examples
+
+
+def _n_bad_lines(data: TrainingData) -> int:
+    return len({(e.source, e.line) for e in data.errors if e.line})
+
+
+def require_valid(data: TrainingData, what: str = "training data") -> None:
+    """Raise one :class:`RagtuneError` listing every error, if there is any."""
+    if data.valid:
+        return
+    shown = data.errors[:50]
+    more = len(data.errors) - len(shown)
+    lines = "\n".join(f"  {p}" for p in shown) + (f"\n  ... and {more} more" if more else "")
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(data.error_counts().items()))
+    raise RagtuneError(
+        f"The {what} in {data.path} is invalid ({counts}):\n{lines}",
+        f"fix the lines above; `ragtune validate {data.path}` re-checks without training",
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _load_jsonl(path: Path, fmt: DataFormat) -> TrainingData:
+    data = TrainingData(str(path), fmt, [], [], sha256=file_sha256(path))
+    source = str(path)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                data.errors.append(Problem(source, lineno, "invalid_json", f"not valid JSON: {e}"))
+                continue
+            if fmt == "chat":
+                example, errors, warnings = _parse_chat(obj)
+            elif fmt == "completion":
+                example, errors, warnings = _parse_completion(obj)
+            else:
+                example, errors, warnings = _parse_text(obj)
+            data.errors.extend(Problem(source, lineno, c, m) for c, m in errors)
+            data.warnings.extend(Problem(source, lineno, c, m) for c, m in warnings)
+            if example is not None and not errors:
+                data.examples.append(example)
+                data.origins.append((source, lineno))
+    return data
+
+
+Issues = list[tuple[str, str]]  # (category, message)
+
+
+def _parse_chat(obj: Any) -> tuple[Example | None, Issues, Issues]:
+    """One chat line, checked the way OpenAI's chat fine-tuning validator checks it."""
+    errors: Issues = []
+    warnings: Issues = []
+    if not isinstance(obj, dict):
+        return None, [("data_type", f"expected a JSON object, got {type(obj).__name__}")], []
+    messages = obj.get("messages")
+    if not messages or not isinstance(messages, list):
+        return None, [("missing_messages_list", "no non-empty 'messages' list")], []
+    parsed: list[Message] = []
+    for i, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            errors.append(("data_type", f"message {i} is not a JSON object"))
+            continue
+        missing = [k for k in ("role", "content") if k not in m]
+        if missing:
+            errors.append(("message_missing_key", f"message {i} has no {' or '.join(missing)}"))
+        unknown = sorted(k for k in m if k not in _KNOWN_MESSAGE_KEYS)
+        if unknown:
+            errors.append(
+                (
+                    "message_unrecognized_key",
+                    f"message {i} has unrecognized key(s) {', '.join(unknown)} "
+                    f"(allowed: {', '.join(_KNOWN_MESSAGE_KEYS)})",
+                )
+            )
+        role = m.get("role")
+        if role not in _ROLES:
+            errors.append(
+                (
+                    "unrecognized_role",
+                    f"message {i} has role {role!r}; ragtune trains on system, user and "
+                    "assistant messages",
+                )
+            )
+        content = m.get("content")
+        calls = m.get("function_call") or m.get("tool_calls")
+        if not isinstance(content, str) or (not content and not calls):
+            errors.append(("missing_content", f"message {i} has no text content"))
+        if calls:
+            warnings.append(("ignored_key", f"message {i}: function/tool calls are not trained"))
+        weight = m.get("weight", 1)
+        if "weight" in m and (role != "assistant" or weight not in (0, 1) or type(weight) is bool):
+            errors.append(
+                (
+                    "invalid_weight",
+                    f"message {i}: 'weight' must be 0 or 1, on assistant messages only",
+                )
+            )
+        elif role in _ROLES and isinstance(content, str):
+            parsed.append(Message(cast(Role, role), content, int(weight)))
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if "assistant" not in roles:
+        errors.append(("example_missing_assistant_message", "no assistant message"))
+    elif not errors and not any(m.role == "assistant" and m.weight == 1 for m in parsed):
+        errors.append(
+            (
+                "example_missing_assistant_message",
+                "every assistant message has weight 0, so there is nothing to train on",
+            )
+        )
+    return (Example(parsed) if not errors else None), errors, warnings
+
+
+def _parse_completion(obj: Any) -> tuple[Example | None, Issues, Issues]:
+    if not isinstance(obj, dict):
+        return None, [("data_type", f"expected a JSON object, got {type(obj).__name__}")], []
+    errors: Issues = []
+    missing = [k for k in ("prompt", "completion") if k not in obj]
+    if missing:
+        errors.append(("message_missing_key", f"no {' or '.join(missing)}"))
+    unknown = sorted(k for k in obj if k not in ("prompt", "completion"))
+    if unknown:
+        errors.append(
+            (
+                "message_unrecognized_key",
+                f"unrecognized key(s) {', '.join(unknown)} (allowed: prompt, completion)",
+            )
+        )
+    for key in ("prompt", "completion"):
+        if key in obj and (not isinstance(obj[key], str) or not obj[key].strip()):
+            errors.append(("missing_content", f"'{key}' is not a non-empty string"))
+    if errors:
+        return None, errors, []
+    return (
+        Example([Message("user", obj["prompt"]), Message("assistant", obj["completion"])]),
+        [],
+        [],
+    )
+
+
+def _parse_text(obj: Any) -> tuple[Example | None, Issues, Issues]:
+    """A ``{"text"}`` record; other keys (ids, titles) are ignored."""
+    if not isinstance(obj, dict):
+        return None, [("data_type", f"expected a JSON object, got {type(obj).__name__}")], []
+    if "text" not in obj:
+        return None, [("message_missing_key", "no 'text'")], []
+    text = obj["text"]
+    if not isinstance(text, str) or not text.strip():
+        return None, [("missing_content", "'text' is not a non-empty string")], []
+    return Example([Message("assistant", text)]), [], []
+
+
+def _load_documents(path: Path) -> TrainingData:
+    if path.is_dir():
+        files = sorted(
+            f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+        )
+        if not files:
+            raise RagtuneError(
+                f"No .txt or .md files in {path}", "put plain-text documents in the folder"
+            )
+    else:
+        files = [path]
+    data = TrainingData(str(path), "text", [], [], sha256=file_sha256(path))
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            data.warnings.append(Problem(str(f), 0, "missing_content", "empty document skipped"))
+            continue
+        data.examples.append(Example([Message("assistant", text)]))
+        data.origins.append((str(f), 0))
+    return data
+
+
+# --- tokenization -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    """One training sequence: token ids and labels (``IGNORE`` where nothing is trained)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    example: int  # index of the Example it came from
+
+    @property
+    def n_targets(self) -> int:
+        """Positions that carry a loss: labelled tokens after the first (which has no context)."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+def bos_to_prepend(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer adds one to plain text by default (Gemma, Llama), else None."""
+    with_special = tokenizer("a")["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(with_special) > len(without) and with_special[0] == bos:
+        return int(bos)
+    return None
+
+
+def is_document(example: Example) -> bool:
+    """A single assistant message with no prompt: continued pre-training on raw text."""
+    return len(example.messages) == 1 and example.messages[0].role == "assistant"
+
+
+def encode_example(
+    example: Example, tokenizer: Any, bos: int | None
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels in the layout inference uses (``render_chat_segments``)."""
+    pieces = render_chat_segments(example.messages, tokenizer)
+    text_has_bos = (
+        bool(pieces) and bool(tokenizer.bos_token) and pieces[0][0].startswith(tokenizer.bos_token)
+    )
+    ids: list[int] = [bos] if bos is not None and not text_has_bos else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, trained in pieces:
+        piece = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids += piece
+        labels += piece if trained else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def encode(
+    examples: Sequence[Example], tokenizer: Any, max_length: int
+) -> tuple[list[TokenSequence], list[int]]:
+    """Tokenize examples into training sequences of at most ``max_length`` tokens.
+
+    Documents longer than that are cut into consecutive windows (nothing is lost);
+    conversations are truncated at the end, as OpenAI does. Returns the sequences and the
+    indices of the conversations that were truncated.
+    """
+    bos = bos_to_prepend(tokenizer)
+    out: list[TokenSequence] = []
+    truncated: list[int] = []
+    for i, ex in enumerate(examples):
+        ids, labels = encode_example(ex, tokenizer, bos)
+        if len(ids) <= max_length:
+            out.append(TokenSequence(ids, labels, i))
+        elif is_document(ex):
+            start = 1 if bos is not None else 0
+            prefix = ids[:start]
+            body, body_labels = ids[start:], labels[start:]
+            width = max_length - len(prefix)
+            for s in range(0, len(body), width):
+                out.append(
+                    TokenSequence(
+                        prefix + body[s : s + width],
+                        [IGNORE] * len(prefix) + body_labels[s : s + width],
+                        i,
+                    )
+                )
+        else:
+            truncated.append(i)
+            out.append(TokenSequence(ids[:max_length], labels[:max_length], i))
+    kept = [s for s in out if s.n_targets > 0]
+    if len(kept) < len(out):
+        log.warning(
+            "%d sequence(s) have no trained tokens left and are skipped", len(out) - len(kept)
+        )
+    return kept, truncated

@@ -1,0 +1,572 @@
+"""The fine-tuning recipe: one function, top to bottom.
+
+load data -> load model (+ LoRA) -> optimizer and schedule -> loop (length-grouped batches,
+gradient accumulation, loss on labelled positions only, clipping) -> evaluate ->
+checkpoint at each epoch end (and when asked to stop) -> save adapter, merged model and
+manifest. Runs in one process or under ``torchrun`` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ragtune import __version__
+from ragtune.errors import RagtuneError
+from ragtune.models import describe, pick_device, resolve_lm
+from ragtune.tune import checkpoint as ckpt
+from ragtune.tune import hparams
+from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
+from ragtune.tune.data import DataFormat, TokenSequence, encode, load_data, require_valid
+from ragtune.tune.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    dist_info_from_env,
+    init_distributed,
+)
+from ragtune.tune.events import RUN_KIND, EventLog, read_manifest, write_manifest
+from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, save_outputs
+from ragtune.tune.loss import LabelledLoss
+
+log = logging.getLogger(__name__)
+
+VALID_SAMPLE = 64  # validation sequences scored at each evaluation step (all at epoch ends)
+EVALS_PER_RUN = 10
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a progress display needs after each optimizer step."""
+
+    step: int
+    total_steps: int
+    epoch: float  # fractional: 1.5 = half way through the second epoch
+    train_loss: float
+    tokens_per_s: float
+    lr: float
+    eta_s: float
+    valid_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: Literal["succeeded", "interrupted"]
+    method: str
+    n_epochs: int
+    steps: int
+    total_steps: int
+    trained_tokens: int  # non-padding tokens processed, all epochs (what OpenAI bills)
+    loss_tokens: int  # tokens that carried a loss
+    train_loss: float | None
+    valid_loss: float | None  # full validation loss at the end, if there is a validation set
+    tokens_per_s: float
+    peak_memory_bytes: int
+    peak_memory_kind: str  # "rss" (CPU high-water mark) or "cuda" (max allocated)
+    wall_time_s: float
+    checkpoint: Path | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        d["checkpoint"] = str(self.checkpoint) if self.checkpoint else None
+        return d
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    method: hparams.Method = "lora",
+    base: str = "default",
+    validation: str | Path | None = None,
+    data_format: DataFormat | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr_multiplier: float | None = None,
+    seed: int = 0,
+    lora_rank: int = DEFAULT_RANK,
+    lora_alpha: int = DEFAULT_ALPHA,
+    lora_dropout: float = DEFAULT_DROPOUT,
+    max_length: int = 2048,
+    micro_batch_tokens: int = 2048,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    resume: bool = False,
+    device: str = "auto",
+    max_steps: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Fine-tune ``base`` on ``data`` into the run folder ``out``.
+
+    ``None`` for epochs / batch_size / lr_multiplier means ``auto`` (see
+    :mod:`ragtune.tune.hparams`). ``should_stop`` is polled after every optimizer step; when
+    it returns True the run writes a checkpoint and returns with status ``interrupted``;
+    ``resume=True`` continues from the newest checkpoint in ``out`` and ends with the same
+    weights as an uninterrupted run.
+    """
+    started = time.time()
+    dist = dist_info_from_env()
+    dev = _device(device, dist)
+    run_dir = Path(out).expanduser()
+    base_path = resolve_lm(base)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _process_setup(dist, dev):
+        # --- 1. Data: parse and validate everything first, then tokenize.
+        train_data = load_data(data, data_format)
+        require_valid(train_data)
+        valid_data = None
+        if validation is not None:
+            valid_data = load_data(validation, data_format, min_examples=0)
+            require_valid(valid_data, "validation data")
+        tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        train_seqs, truncated = encode(train_data.examples, tokenizer, max_length)
+        valid_seqs = encode(valid_data.examples, tokenizer, max_length)[0] if valid_data else []
+        if not train_seqs:
+            raise RagtuneError("No training sequence has any assistant token to train on")
+        hp = hparams.resolve(method, len(train_seqs), epochs, batch_size, lr_multiplier)
+        if hp.batch_size > len(train_seqs):
+            raise RagtuneError(
+                f"--batch-size {hp.batch_size} is larger than the {len(train_seqs)} examples",
+                "use a smaller --batch-size, or auto",
+            )
+        lengths = [len(s.input_ids) for s in train_seqs]
+        steps_per_epoch = math.ceil(len(train_seqs) / hp.batch_size)
+        total_steps = hp.n_epochs * steps_per_epoch
+        if max_steps is not None:
+            total_steps = min(total_steps, max_steps)
+        warmup = hparams.warmup_steps(total_steps)
+        eval_every = max(1, math.ceil(total_steps / EVALS_PER_RUN))
+        settings: dict[str, Any] = {
+            **hp.to_dict(),
+            "seed": seed,
+            "lora": (
+                {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout}
+                if method == "lora"
+                else None
+            ),
+            "max_length": max_length,
+            "micro_batch_tokens": micro_batch_tokens,
+            "optimizer": "adamw",
+            "betas": [0.9, 0.999],
+            "eps": 1e-8,
+            "weight_decay": weight_decay,
+            "max_grad_norm": max_grad_norm,
+            "schedule": "linear warm-up, cosine decay to 0",
+            "warmup_steps": warmup,
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps,
+            "world_size": dist.world_size,
+        }
+
+        # --- 2. The run folder: a new run, or the newest checkpoint of an interrupted one.
+        manifest: dict[str, Any] = {
+            "format_version": 1,
+            "kind": RUN_KIND,
+            "ragtune_version": __version__,
+            "status": "running",
+            "method": method,
+            "base_model": describe(base_path),
+            "data": {
+                "train": _data_record(train_data, len(train_seqs)),
+                "validation": _data_record(valid_data, len(valid_seqs)) if valid_data else None,
+            },
+            "hyperparameters": settings,
+            "device": dev.type,
+            "created_at": _now(),
+        }
+        state = _open_run_dir(run_dir, manifest, resume)
+        events = EventLog(run_dir / "events.jsonl", enabled=dist.is_main)
+        if dist.is_main:
+            if state is None:
+                events.message(f"Fine-tuning {method} of {base_path.name} on {train_data.path}")
+                for i in truncated[:20]:
+                    src, line = train_data.origins[i]
+                    events.message(
+                        f"{src}:{line} is longer than {max_length} tokens and was truncated",
+                        "warn",
+                    )
+            else:
+                events.drop_after(state["step"])
+                events.message(f"Resumed from step {state['step']}", step=state["step"])
+            write_manifest(run_dir, manifest)
+        barrier(dist)
+
+        # --- 3. Model: the base LM, with LoRA adapters or trained whole.
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(base_path), dtype=torch.float32, attn_implementation="sdpa"
+        )
+        if method == "lora":
+            model = apply_lora(model, lora_rank, lora_alpha, lora_dropout, seed=seed)
+        model.to(dev)
+        model.train()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+        # --- 4. Optimizer and schedule; restore everything from a checkpoint when resuming.
+        optimizer = torch.optim.AdamW(
+            list(trainable.values()),
+            lr=hp.learning_rate,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(hparams.lr_factor, warmup=warmup, total=total_steps)
+        )
+        step, epoch0, batch0 = 0, 0, 0
+        counters = {"trained_tokens": 0, "loss_tokens": 0, "wall_time_s": 0.0}
+        last: dict[str, float | None] = {"train_loss": None, "full_valid_loss": None}
+        if state is not None:
+            with torch.no_grad():
+                for name, p in trainable.items():
+                    p.copy_(state["trainable"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            step, epoch0, batch0 = state["step"], state["epoch"], state["batch"]
+            counters.update(state["counters"])
+            last.update(state["last"])
+        loss_module = LabelledLoss(model)
+        forward: Any = loss_module
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(
+                loss_module, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+
+        def save_checkpoint(epoch: int, batch: int) -> Path | None:
+            payload = {
+                "epoch": epoch,
+                "batch": batch,
+                "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "counters": {**counters, "wall_time_s": counters["wall_time_s"] + session_s()},
+                "last": last,
+            }
+            path = (
+                ckpt.save_checkpoint(run_dir / "checkpoints", step, payload)
+                if dist.is_main
+                else None
+            )
+            if path is not None:
+                events.message(f"Checkpoint saved at step {step}: {path}", step=step)
+            barrier(dist)
+            return path
+
+        session_start = time.perf_counter()
+
+        def session_s() -> float:
+            return time.perf_counter() - session_start
+
+        # --- 5. The loop.
+        pad_id = int(tokenizer.pad_token_id)
+        valid_sample = valid_seqs[:VALID_SAMPLE]
+        start_step = step
+        train_s = 0.0  # time in optimizer steps this session (excludes evaluation and saving)
+        session_tokens = 0
+        stop = False
+        last_ckpt: Path | None = None
+        last_ckpt_step = -1
+        epoch, b = epoch0, batch0
+        for epoch in range(epoch0, hp.n_epochs):
+            batches = length_grouped_batches(lengths, hp.batch_size, seed, epoch)
+            b = batch0 if epoch == epoch0 else 0
+            while b < len(batches) and step < total_steps and not stop:
+                t0 = time.perf_counter()
+                batch = batches[b]
+                n_targets = sum(train_seqs[i].n_targets for i in batch)  # same on every rank
+                mine = rank_share(batch, lengths, dist.rank, dist.world_size)
+                # A rank with no rows (a short last batch) still runs one zero-weighted
+                # micro-batch, so that every rank joins the same gradient all-reduce.
+                scale = dist.world_size / n_targets if mine else 0.0
+                micros = micro_batches(mine or batch[:1], lengths, micro_batch_tokens)
+                loss_sum = correct = tokens = 0.0
+                for k, rows in enumerate(micros):
+                    ids, mask, labels = collate([train_seqs[i] for i in rows], pad_id, dev)
+                    sync = not dist.enabled or k == len(micros) - 1
+                    with contextlib.nullcontext() if sync else forward.no_sync():
+                        loss, n_correct = forward(ids, mask, labels)
+                        (loss * scale).backward()
+                    if mine:
+                        loss_sum += loss.item()
+                        correct += n_correct.item()
+                        tokens += mask.sum().item()
+                torch.nn.utils.clip_grad_norm_(list(trainable.values()), max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                b += 1
+                loss_sum, correct, tokens = all_reduce_sum([loss_sum, correct, tokens], dev, dist)
+                step_s = time.perf_counter() - t0
+                train_s += step_s
+                session_tokens += int(tokens)
+                counters["trained_tokens"] += int(tokens)
+                counters["loss_tokens"] += n_targets
+                last["train_loss"] = loss_sum / n_targets
+                metrics: dict[str, Any] = {
+                    "step": step,
+                    "train_loss": loss_sum / n_targets,
+                    "train_mean_token_accuracy": correct / n_targets,
+                    "valid_loss": None,
+                    "valid_mean_token_accuracy": None,
+                    "tokens_per_s": tokens / step_s,
+                    "lr": lr,
+                    "epoch": round(epoch + b / len(batches), 4),
+                }
+                if valid_sample and (step % eval_every == 0 or step == total_steps):
+                    v_loss, v_acc = _evaluate(
+                        loss_module, valid_sample, micro_batch_tokens, pad_id, dev, dist
+                    )
+                    metrics.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
+                events.metrics(**metrics)
+                if on_step is not None and dist.is_main:
+                    per_step = train_s / (step - start_step)
+                    on_step(
+                        StepInfo(
+                            step=step,
+                            total_steps=total_steps,
+                            epoch=metrics["epoch"],
+                            train_loss=metrics["train_loss"],
+                            tokens_per_s=session_tokens / train_s,
+                            lr=lr,
+                            eta_s=per_step * (total_steps - step),
+                            valid_loss=metrics["valid_loss"],
+                        )
+                    )
+                stop = should_stop is not None and any_rank(should_stop(), dev, dist)
+            if b == len(batches):  # the epoch is complete
+                if valid_seqs:
+                    v_loss, v_acc = _evaluate(
+                        loss_module, valid_seqs, micro_batch_tokens, pad_id, dev, dist
+                    )
+                    last["full_valid_loss"] = v_loss
+                    events.metrics(
+                        step=step,
+                        epoch=epoch + 1,
+                        full_valid_loss=v_loss,
+                        full_valid_mean_token_accuracy=v_acc,
+                    )
+                last_ckpt, last_ckpt_step = save_checkpoint(epoch + 1, 0), step
+            if stop or step >= total_steps:
+                break
+
+        # --- 6. Interrupted: make sure the newest checkpoint is this step, and stop.
+        counters["wall_time_s"] += session_s()
+        result = dict(
+            run_dir=run_dir,
+            method=method,
+            n_epochs=hp.n_epochs,
+            steps=step,
+            total_steps=total_steps,
+            trained_tokens=counters["trained_tokens"],
+            loss_tokens=counters["loss_tokens"],
+            train_loss=last["train_loss"],
+            valid_loss=last["full_valid_loss"],
+            tokens_per_s=session_tokens / train_s if train_s else 0.0,
+            wall_time_s=counters["wall_time_s"],
+            **_peak_memory(dev),
+        )
+        if step < total_steps:
+            if last_ckpt_step != step:  # (an epoch end has just been saved otherwise)
+                last_ckpt = save_checkpoint(epoch, b)
+            if dist.is_main:
+                events.message(
+                    f"Stopped at step {step}/{total_steps}; resume with --resume", "warn", step
+                )
+                write_manifest(
+                    run_dir,
+                    {
+                        **manifest,
+                        "status": "interrupted",
+                        "result": _jsonable(result),
+                        "checkpoint": str(last_ckpt),
+                    },
+                )
+            return RunResult(status="interrupted", checkpoint=last_ckpt, **result)
+
+        # --- 7. Save the adapter, the merged model and the manifest (rank 0).
+        paths: dict[str, str] = {}
+        if dist.is_main:
+            model.eval()
+            paths = save_outputs(model, tokenizer, run_dir, method)
+            paths.update(events="events.jsonl", checkpoints="checkpoints")
+            events.message("Fine-tuned model saved; the run succeeded", step=step)
+            write_manifest(
+                run_dir,
+                {
+                    **manifest,
+                    "status": "succeeded",
+                    "result": _jsonable(result),
+                    "outputs": paths,
+                    "finished_at": _now(),
+                },
+            )
+        barrier(dist)
+        log.info("run finished in %.0f s", time.time() - started)
+        return RunResult(status="succeeded", paths=paths, **result)
+
+
+# --- building blocks --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _process_setup(dist: DistInfo, dev: torch.device) -> Iterator[None]:
+    """Join the torchrun process group if there is one; deterministic kernels on CPU."""
+    import torch.distributed
+
+    joined = init_distributed(dist, dev)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _device(requested: str, dist: DistInfo) -> torch.device:
+    dev = pick_device(requested)
+    if dev.type == "cuda" and dist.enabled:
+        return torch.device("cuda", dist.local_rank)
+    return dev
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _data_record(data: Any, n_sequences: int) -> dict[str, Any]:
+    return {
+        "path": str(Path(data.path).resolve()),
+        "sha256": data.sha256,
+        "format": data.format,
+        "examples": len(data.examples),
+        "sequences": n_sequences,
+    }
+
+
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
+
+
+# Settings that may change between an interrupted run and its resumption: they change how
+# the work is spread, not what is computed.
+_RESUMABLE_CHANGES = ("world_size", "micro_batch_tokens")
+
+
+def _open_run_dir(run_dir: Path, manifest: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Check ``run_dir`` and return the checkpoint to resume from (None: start at step 0)."""
+    existing = read_manifest(run_dir)
+    if existing is None:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RagtuneError(
+                f"{run_dir} exists and is not a ragtune run", "choose a new or empty --out folder"
+            )
+        if resume:
+            log.warning("nothing to resume in %s; starting a new run", run_dir)
+        return None
+    if not resume:
+        raise RagtuneError(
+            f"{run_dir} already holds a run (status: {existing.get('status')})",
+            "pass --resume to continue it, or choose another --out folder",
+        )
+    if existing.get("status") == "succeeded":
+        raise RagtuneError(
+            f"The run in {run_dir} has already finished",
+            f"its model is in {run_dir / 'merged'}; choose another --out for a new run",
+        )
+    old_hp = {k: v for k, v in existing["hyperparameters"].items() if k not in _RESUMABLE_CHANGES}
+    new_hp = {k: v for k, v in manifest["hyperparameters"].items() if k not in _RESUMABLE_CHANGES}
+    differences = [
+        name
+        for name, a, b in (
+            ("method", existing["method"], manifest["method"]),
+            ("base model", existing["base_model"], manifest["base_model"]),
+            (
+                "training data",
+                existing["data"]["train"]["sha256"],
+                manifest["data"]["train"]["sha256"],
+            ),
+            ("validation data", existing["data"].get("validation"), manifest["data"]["validation"]),
+            ("hyperparameters", old_hp, new_hp),
+        )
+        if a != b
+    ]
+    if differences:
+        raise RagtuneError(
+            f"Cannot resume {run_dir}: the {', '.join(differences)} differ from the "
+            "interrupted run",
+            "resume with the same command line as the original run",
+        )
+    manifest["created_at"] = existing.get("created_at", manifest["created_at"])
+    folder = run_dir / "checkpoints"
+    ckpt.clean_partial(folder)
+    found = ckpt.list_checkpoints(folder)
+    if not found:
+        log.warning("no checkpoint in %s; starting again from step 0", folder)
+        return None
+    log.info("resuming from %s", found[-1])
+    return ckpt.load_checkpoint(found[-1])
+
+
+def _evaluate(
+    loss_module: LabelledLoss,
+    seqs: Sequence[TokenSequence],
+    max_tokens: int,
+    pad_id: int,
+    dev: torch.device,
+    dist: DistInfo,
+) -> tuple[float, float]:
+    """Token-mean loss and accuracy over ``seqs``; each rank scores its share."""
+    was_training = loss_module.training
+    loss_module.eval()
+    lengths = [len(s.input_ids) for s in seqs]
+    total = correct = 0.0
+    with torch.no_grad():
+        for rows in micro_batches(
+            range(dist.rank, len(seqs), dist.world_size), lengths, max_tokens
+        ):
+            ids, mask, labels = collate([seqs[i] for i in rows], pad_id, dev)
+            loss, n_correct = loss_module(ids, mask, labels)
+            total += loss.item()
+            correct += n_correct.item()
+    total, correct = all_reduce_sum([total, correct], dev, dist)
+    loss_module.train(was_training)
+    n = sum(s.n_targets for s in seqs)
+    return total / n, correct / n
+
+
+def _peak_memory(dev: torch.device) -> dict[str, Any]:
+    """Peak memory so far: CUDA max allocated on GPUs, the RSS high-water mark on CPU."""
+    if dev.type == "cuda":
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)),
+            "peak_memory_kind": "cuda",
+        }
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_bytes": int(rss_kib) * 1024, "peak_memory_kind": "rss"}

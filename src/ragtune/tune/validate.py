@@ -1,0 +1,189 @@
+"""``ragtune validate``: the data checks alone, token counts, and what training would cost.
+
+Counts follow OpenAI's cookbook (chat fine-tuning data prep): tokens per example, the
+examples over the context length, and the tokens billed for the default number of epochs
+(``min(length, max_length)`` per example, times epochs). The training time is an
+*estimate* from tokens/s measured with ``bench/tune.py``, scaled by parameter count.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.models import pick_device, resolve_lm
+from ragtune.tune import hparams
+from ragtune.tune.data import (
+    IGNORE,
+    DataFormat,
+    Problem,
+    bos_to_prepend,
+    encode,
+    encode_example,
+    is_document,
+    load_data,
+)
+
+# Training tokens/s of Gemma 3 270M (fp32) measured with bench/tune.py on a shared 2-core
+# x86 CPU, short chat examples (see bench/RESULTS.md). Other models scale by parameter count.
+REFERENCE_PARAMS = 268_098_176
+REFERENCE_TOKENS_PER_S: dict[tuple[str, str], float] = {
+    ("cpu", "lora"): 90.0,
+    ("cpu", "full"): 60.0,
+}
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    min: int
+    mean: float
+    max: int
+    total: int
+
+    @classmethod
+    def of(cls, values: list[int]) -> TokenStats:
+        if not values:
+            return cls(0, 0.0, 0, 0)
+        return cls(min(values), statistics.fmean(values), max(values), sum(values))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    method: str
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    steps: int
+    billed_tokens: int  # tokens processed over all epochs (what OpenAI bills)
+    trained_tokens: int  # tokens that carry a loss, over all epochs
+    seconds: float | None  # None where there is no reference figure for the device
+    basis: str
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    path: str
+    format: str
+    examples: int
+    sequences: int
+    errors: list[Problem]
+    warnings: list[Problem]
+    tokens: TokenStats  # per example, in the base model's tokenizer
+    trained_tokens: TokenStats  # per example: tokens that carry a loss
+    max_length: int
+    over_length: int
+    estimates: list[Estimate] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["valid"] = self.valid
+        d["errors"] = [p.to_dict() for p in self.errors]
+        d["warnings"] = [p.to_dict() for p in self.warnings]
+        return d
+
+
+def parameter_count(model_dir: Path) -> int:
+    """Parameters in a model folder's safetensors files, read from their headers."""
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def validate_file(
+    path: str | Path,
+    base: str = "default",
+    data_format: DataFormat | None = None,
+    max_length: int = 2048,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr_multiplier: float | None = None,
+    device: str = "auto",
+) -> ValidationReport:
+    """Run every check on a data file and count its tokens with ``base``'s tokenizer."""
+    from transformers import AutoTokenizer
+
+    data = load_data(path, data_format)
+    model_dir = resolve_lm(base)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    bos = bos_to_prepend(tokenizer)
+    warnings = list(data.warnings)
+    lengths: list[int] = []
+    trained: list[int] = []
+    over = 0
+    for ex, (src, line) in zip(data.examples, data.origins, strict=True):
+        ids, labels = encode_example(ex, tokenizer, bos)
+        lengths.append(len(ids))
+        trained.append(sum(1 for t in labels if t != IGNORE))
+        if len(ids) > max_length:
+            over += 1
+            what = (
+                f"split into {-(-len(ids) // max_length)} windows"
+                if is_document(ex)
+                else "truncated at the end"
+            )
+            warnings.append(
+                Problem(src, line, "too_long", f"{len(ids)} tokens > {max_length}; will be {what}")
+            )
+    seqs, _ = encode(data.examples, tokenizer, max_length) if data.examples else ([], [])
+    estimates: list[Estimate] = []
+    if seqs:
+        params = parameter_count(model_dir)
+        dev = pick_device(device).type
+        per_epoch = sum(len(s.input_ids) for s in seqs)
+        targets = sum(s.n_targets for s in seqs)
+        for method in hparams.METHODS:
+            hp = hparams.resolve(method, len(seqs), epochs, batch_size, lr_multiplier)
+            ref = REFERENCE_TOKENS_PER_S.get((dev, method))
+            billed = per_epoch * hp.n_epochs
+            if ref is not None and params:
+                tps = ref * REFERENCE_PARAMS / params
+                seconds: float | None = billed / tps
+                basis = (
+                    f"estimate: {tps:.0f} tokens/s, scaled from Gemma 3 270M on a 2-core CPU "
+                    "(bench/tune.py)"
+                )
+            else:
+                seconds = None
+                basis = f"no reference speed for {dev}; time a short run to estimate"
+            estimates.append(
+                Estimate(
+                    method=method,
+                    n_epochs=hp.n_epochs,
+                    batch_size=hp.batch_size,
+                    learning_rate_multiplier=hp.learning_rate_multiplier,
+                    steps=hp.n_epochs * -(-len(seqs) // hp.batch_size),
+                    billed_tokens=billed,
+                    trained_tokens=targets * hp.n_epochs,
+                    seconds=seconds,
+                    basis=basis,
+                )
+            )
+    return ValidationReport(
+        path=data.path,
+        format=data.format,
+        examples=len(data.examples),
+        sequences=len(seqs),
+        errors=data.errors,
+        warnings=warnings,
+        tokens=TokenStats.of(lengths),
+        trained_tokens=TokenStats.of(trained),
+        max_length=max_length,
+        over_length=over,
+        estimates=estimates,
+    )
