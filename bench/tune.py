@@ -30,12 +30,46 @@ from typing import Any
 ARMS = ("ragtune-lora", "hf-lora", "ragtune-full", "hf-full")
 DEFAULT_ARMS = ("ragtune-lora", "hf-lora", "ragtune-full")
 
-PEOPLE = ["Mira Quell", "Tobin Ashgrove", "Ilse Varnock", "Oren Plume", "Sefa Drummond",
-          "Kael Ostrander", "Brisa Tallow", "Juno Merriwether", "Pell Oakhart", "Wren Halloway"]  # fmt: skip
-PLACES = ["Zorbland", "Vetrin", "Kalmuth", "Ostreva", "Plinth Harbor", "Duskmere", "Ravelport",
-          "Corrow", "Ellandine", "Thistlegate"]  # fmt: skip
-THINGS = ["glass bridge", "salt library", "copper lighthouse", "moss observatory", "iron orchard",
-          "silk canal", "amber tower", "clockwork ferry", "stone aviary", "velvet archive"]  # fmt: skip
+PEOPLE = (
+    "Mira Quell",
+    "Tobin Ashgrove",
+    "Ilse Varnock",
+    "Oren Plume",
+    "Sefa Drummond",
+    "Kael Ostrander",
+    "Brisa Tallow",
+    "Juno Merriwether",
+    "Pell Oakhart",
+    "Wren Halloway",
+)
+PLACES = (
+    "Zorbland",
+    "Vetrin",
+    "Kalmuth",
+    "Ostreva",
+    "Plinth Harbor",
+    "Duskmere",
+    "Ravelport",
+    "Corrow",
+    "Ellandine",
+    "Thistlegate",
+)
+THINGS = (
+    "glass bridge",
+    "salt library",
+    "copper lighthouse",
+    "moss observatory",
+    "iron orchard",
+    "silk canal",
+    "amber tower",
+    "clockwork ferry",
+    "stone aviary",
+    "velvet archive",
+)
+FILLER = (
+    "Eldmark is a land of rivers and old stone roads, where every town keeps a ledger of "
+    "its builders and the years their works were finished."
+)
 
 
 def chat_examples(n: int) -> list[dict[str, Any]]:
@@ -65,10 +99,7 @@ def fit_to_length(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int) -> l
     from ragtune.types import Example
 
     bos = bos_to_prepend(tokenizer)
-    filler = (
-        " Eldmark is a land of rivers and old stone roads, where every town keeps a ledger of "
-        "its builders and the years their works were finished."
-    ).split(" ")
+    filler = FILLER.split()
     out = []
     for row in rows:
         words: list[str] = []
@@ -105,14 +136,23 @@ def _peak_memory() -> dict[str, Any]:
     }
 
 
+def _rss_now_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _timing(stamps: list[float], tokens: list[int], losses: list[float]) -> dict[str, Any]:
-    """Steady-state tokens/s: steps 2..S (the first step pays one-off warm-up costs)."""
-    if len(stamps) < 2:
-        raise SystemExit("need at least 2 steps to time")
+    """Tokens/s over steps 2..S (the first step pays one-off warm-up costs): the median of
+    the per-step rates (robust to other processes stealing the CPU for a while) and the mean."""
+    if len(stamps) < 3:
+        raise SystemExit("need at least 3 steps to time")
+    rates = sorted(tokens[i] / (stamps[i] - stamps[i - 1]) for i in range(1, len(stamps)))
+    mid = len(rates) // 2
+    median = rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
     return {
-        "tokens_per_s": sum(tokens[1:]) / (stamps[-1] - stamps[0]),
+        "tokens_per_s": median,
+        "tokens_per_s_mean": sum(tokens[1 : len(stamps)]) / (stamps[-1] - stamps[0]),
         "steps": len(stamps),
-        "tokens": sum(tokens),
+        "tokens": sum(tokens[: len(stamps)]),
         "losses": losses,
         "final_loss": losses[-1],
     }
@@ -125,9 +165,12 @@ def run_ragtune(spec: dict[str, Any]) -> dict[str, Any]:
     stamps: list[float] = []
     losses: list[float] = []
 
+    train_peak = [0]
+
     def on_step(info: StepInfo) -> None:
         stamps.append(time.perf_counter())
         losses.append(info.train_loss)
+        train_peak[0] = _rss_now_peak()
 
     method = spec["arm"].split("-")[1]
     train(
@@ -147,7 +190,8 @@ def run_ragtune(spec: dict[str, Any]) -> dict[str, Any]:
         max_steps=spec["steps"],
         on_step=on_step,
     )
-    return {**_timing(stamps, plan["batch_tokens"], losses), **_peak_memory()}
+    timing = _timing(stamps, plan["batch_tokens"], losses)
+    return {**timing, **_peak_memory(), "peak_rss_training_bytes": train_peak[0]}
 
 
 def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
@@ -194,10 +238,12 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
 
     stamps: list[float] = []
     losses: list[float] = []
+    train_peak = [0]
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             stamps.append(time.perf_counter())
+            train_peak[0] = _rss_now_peak()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
@@ -233,7 +279,8 @@ def run_hf(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=[Clock()],
     )
     trainer.train()
-    return {**_timing(stamps, plan["batch_tokens"], losses), **_peak_memory()}
+    timing = _timing(stamps, plan["batch_tokens"], losses)
+    return {**timing, **_peak_memory(), "peak_rss_training_bytes": train_peak[0]}
 
 
 # --- the parent -----------------------------------------------------------------------------
@@ -271,6 +318,33 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def run_arm(arm: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One arm in a fresh subprocess; returns what it measured."""
+    spec = {
+        "arm": arm,
+        "model": args.model,
+        "data": str(work / "train.jsonl"),
+        "plan": str(work / "plan.json"),
+        "work": str(work / f"{arm}-{time.time_ns()}"),
+        "steps": args.steps,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "lr_multiplier": args.lr_multiplier,
+        "seed": args.seed,
+    }
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--arm-spec", json.dumps(spec)], capture_output=True, text=True
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ARM-RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
+    return {**json.loads(lines[-1][len("ARM-RESULT ") :]), "wall_s": time.time() - t0}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="default (Gemma 3 270M) or a local folder")
@@ -282,6 +356,12 @@ def main() -> None:
     p.add_argument("--lr-multiplier", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"of {', '.join(ARMS)}")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the arms this many times, interleaved, and keep each arm's fastest run",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--arm-spec", help=argparse.SUPPRESS)  # internal: run one arm
     args = p.parse_args()
@@ -301,37 +381,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as tmp:
         work = Path(tmp)
         data_info = prepare(args, work)
-        results: dict[str, Any] = {}
-        for arm in arms:
-            spec = {
-                "arm": arm,
-                "model": args.model,
-                "data": str(work / "train.jsonl"),
-                "plan": str(work / "plan.json"),
-                "work": str(work),
-                "steps": args.steps,
-                "seq_len": args.seq_len,
-                "batch_size": args.batch_size,
-                "rank": args.rank,
-                "alpha": args.alpha,
-                "lr_multiplier": args.lr_multiplier,
-                "seed": args.seed,
+        runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+        for repeat in range(args.repeats):
+            for arm in arms:  # interleaved, so a noisy minute does not hit one arm only
+                runs[arm].append(run_arm(arm, args, work))
+                tps = runs[arm][-1]["tokens_per_s"]
+                print(f"{arm} (run {repeat + 1}): {tps:.1f} tokens/s", file=sys.stderr)
+        results = {
+            arm: {
+                **max(rs, key=lambda r: r["tokens_per_s"]),
+                "all_runs_tokens_per_s": [r["tokens_per_s"] for r in rs],
             }
-            t0 = time.time()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--arm-spec", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ARM-RESULT ")]
-            if proc.returncode != 0 or not lines:
-                sys.stderr.write(proc.stderr[-4000:])
-                raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
-            results[arm] = {
-                **json.loads(lines[-1][len("ARM-RESULT ") :]),
-                "wall_s": time.time() - t0,
-            }
-            print(f"{arm}: {results[arm]['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+            for arm, rs in runs.items()
+        }
 
     report: dict[str, Any] = {
         "machine": {
@@ -350,6 +412,8 @@ def main() -> None:
         report["lora_vs_hf"] = {
             "speedup": ours["tokens_per_s"] / ref["tokens_per_s"],
             "memory_ratio": ours["peak_memory_bytes"] / ref["peak_memory_bytes"],
+            "memory_ratio_training": ours.get("peak_rss_training_bytes", 0)
+            / max(1, ref.get("peak_rss_training_bytes", 0)),
             "final_loss_rel_diff": abs(ours["final_loss"] - ref["final_loss"]) / ref["final_loss"],
             "max_step_loss_rel_diff": max(rel) if rel else None,
         }

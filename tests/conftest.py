@@ -35,3 +35,25 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def models_home() -> Path:
+    """A data directory shared by integration tests and kept between runs, so the default
+    model is converted from its GGUF once, not once per test."""
+    import os
+
+    return Path(os.environ.get("RAGTUNE_TEST_HOME", Path.home() / ".cache" / "ragtune-tests"))
+
+
+@pytest.fixture(scope="session")
+def default_lm(models_home: Path) -> Path:
+    """The converted default LM folder (Gemma 3 270M), converting it on first use."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAGTUNE_HOME", str(models_home))
+    try:
+        from ragtune.models import default_lm_path
+
+        return default_lm_path()
+    finally:
+        mp.undo()

@@ -26,6 +26,7 @@ from ragtune.errors import RagtuneError
 from ragtune.types import SearchMode
 
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
+Fusion = Literal["rrf", "convex"]
 
 
 def ragtune_home() -> Path:
@@ -62,6 +63,7 @@ class RetrieveConfig:
     mode: SearchMode = "hybrid"
     k: int = 10
     candidates: int = 100  # per retriever, before fusion
+    fusion: Fusion = "convex"  # measured best on SciFact and COVID-QA (bench/fusion.py)
     rrf_k: int = 60
     bm25_weight: float = 1.0
     dense_weight: float = 1.0

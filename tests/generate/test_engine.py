@@ -34,8 +34,9 @@ def test_batched_equals_one_at_a_time(generator: Generator) -> None:
 
 def test_order_is_kept_across_batches(generator: Generator) -> None:
     done: list[int] = []
-    out = generator.generate(PROMPTS * 2, max_new_tokens=4, stop=(), batch_size=3,
-                             progress=done.append)  # fmt: skip
+    out = generator.generate(
+        PROMPTS * 2, max_new_tokens=4, stop=(), batch_size=3, progress=done.append
+    )
     assert [g.text for g in out[:4]] == [g.text for g in out[4:]]
     assert done == [3, 3, 2]
 

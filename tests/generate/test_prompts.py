@@ -66,7 +66,10 @@ def test_pack_sources_keeps_what_fits(tokenizer) -> None:  # type: ignore[no-unt
 
 def test_rag_messages_number_the_sources() -> None:
     msgs = rag_messages("Q?", ["[1] a\nA", "[2] b\nB"], instruction="Use sources.")
-    assert msgs == [Message("system", "Use sources.\n\n[1] a\nA\n\n[2] b\nB"), Message("user", "Q?")]
+    assert msgs == [
+        Message("system", "Use sources.\n\n[1] a\nA\n\n[2] b\nB"),
+        Message("user", "Q?"),
+    ]
 
 
 def test_citations() -> None:

@@ -14,6 +14,7 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from ragtune.errors import RagtuneError
+from ragtune.ingest.html import html_text
 from ragtune.ingest.loaders import (
     DEFAULT_MAX_BYTES,
     SUPPORTED_SUFFIXES,
@@ -24,7 +25,6 @@ from ragtune.ingest.loaders import (
     document_hash,
     flatten_metadata,
     format_size,
-    html_text,
     load_file,
     markdown_text,
 )

@@ -294,5 +294,5 @@ def test_minilm_int8_agrees_with_sentence_transformers() -> None:
     embedder = load_embedder("default", backend="onnx-int8")
     ref = st_vectors(dense.resolve_embedder("default"), SENTENCES)
     cos = np.sum(embed(embedder, SENTENCES) * ref, axis=1)
-    # Measured on 200 SciFact docs: mean 0.995, min 0.993 (per-channel MatMul int8).
-    assert cos.mean() > 0.99 and cos.min() > 0.98
+    # Measured on all of SciFact: docs mean 0.995 (min 0.989), queries mean 0.993 (min 0.983).
+    assert cos.mean() > 0.99 and cos.min() > 0.97

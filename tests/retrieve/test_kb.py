@@ -38,11 +38,17 @@ def test_ingest_then_search_each_mode(tmp_path: Path, tiny_embedder: Path) -> No
     assert hits[0].rank == 1 and set(hits[0].scores) == {"bm25"}
     dense = kb.search("founded Zorbland", k=3, mode="dense")
     assert len(dense) == 3 and set(dense[0].scores) == {"dense"}
-    hybrid = kb.search("founded Zorbland", k=3, mode="hybrid")
-    assert hybrid[0].chunk.doc_id == "docs/zorb.md"  # first in BM25, so first after fusion
-    assert hybrid[0].scores["rrf"] == pytest.approx(1 / 61 + next(
-        1 / (60 + h.rank) for h in dense if h.chunk.doc_id == "docs/zorb.md"
-    ))  # fmt: skip
+    rrf = kb.search("founded Zorbland", k=3, mode="hybrid", fusion="rrf")
+    assert rrf[0].chunk.doc_id == "docs/zorb.md"  # first in BM25, so first after fusion
+    dense_rank = next(h.rank for h in dense if h.chunk.doc_id == "docs/zorb.md")
+    assert rrf[0].scores["rrf"] == pytest.approx(1 / 61 + 1 / (60 + dense_rank))
+    hybrid = kb.search("founded Zorbland", k=3, mode="hybrid")  # default: convex
+    top = hybrid[0]
+    assert top.chunk.doc_id == "docs/zorb.md"
+    # BM25 min-max over its single candidate is 1; dense min-max over the three candidates:
+    d = {h.chunk.chunk_id: h.score for h in dense}
+    lo, hi = min(d.values()), max(d.values())
+    assert top.scores["convex"] == pytest.approx(1 + (d[top.chunk.chunk_id] - lo) / (hi - lo))
     chunk = hybrid[0].chunk
     doc = kb.document("docs/zorb.md")
     assert doc is not None and doc.text[chunk.start : chunk.end] == chunk.text
@@ -94,12 +100,20 @@ def test_settings_of_an_existing_kb_cannot_change_silently(
     tmp_path: Path, tiny_embedder: Path
 ) -> None:
     docs = write_docs(tmp_path)
-    ingest([docs], "t", embedder=str(tiny_embedder), backend="torch", chunk_tokens=50,
-           chunk_overlap=10)  # fmt: skip
+    ingest(
+        [docs], "t", embedder=str(tiny_embedder), backend="torch", chunk_tokens=50, chunk_overlap=10
+    )
     with pytest.raises(RagtuneError, match="chunk_tokens=50"):
         ingest([docs], "t", chunk_tokens=60)
-    rebuilt = ingest([docs], "t", embedder=str(tiny_embedder), backend="torch", chunk_tokens=60,
-                     chunk_overlap=10, rebuild=True)  # fmt: skip
+    rebuilt = ingest(
+        [docs],
+        "t",
+        embedder=str(tiny_embedder),
+        backend="torch",
+        chunk_tokens=60,
+        chunk_overlap=10,
+        rebuild=True,
+    )
     assert len(rebuilt.added) == 3
     assert KnowledgeBase.open("t").manifest["config"]["chunk_tokens"] == 60
 
@@ -112,8 +126,13 @@ def test_missing_kb_says_how_to_create_it() -> None:
 
 def test_filters(tmp_path: Path, tiny_embedder: Path) -> None:
     docs = write_docs(tmp_path)
-    ingest([docs / "team_a"], "t", embedder=str(tiny_embedder), backend="torch",
-           attributes={"team": "a"})  # fmt: skip
+    ingest(
+        [docs / "team_a"],
+        "t",
+        embedder=str(tiny_embedder),
+        backend="torch",
+        attributes={"team": "a"},
+    )
     ingest([docs / "sea.txt", docs / "zorb.md"], "t", attributes={"team": "b"})
     kb = KnowledgeBase.open("t")
     for mode in ("bm25", "dense", "hybrid"):

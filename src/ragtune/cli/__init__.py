@@ -18,7 +18,7 @@ from ragtune.errors import RagtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ragtune.cli import compare, rag, tune
+    from ragtune.cli import compare, makeqa, rag, tune
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     rag.add_parsers(sub)
     tune.add_parsers(sub)
+    makeqa.add_parsers(sub)
     compare.add_parsers(sub)
     return parser
 

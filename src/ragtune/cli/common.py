@@ -84,6 +84,7 @@ def add_search_args(p: argparse.ArgumentParser, cfg: RetrieveConfig, k_default: 
         help="source=PATH, doc_id=ID or a --meta attribute; repeat to combine",
     )
     p.add_argument("--candidates", type=int, default=cfg.candidates, help="per retriever")
+    p.add_argument("--fusion", choices=["rrf", "convex"], default=cfg.fusion, help="hybrid fusion")
     p.add_argument("--rrf-k", type=int, default=cfg.rrf_k)
     p.add_argument("--bm25-weight", type=float, default=cfg.bm25_weight)
     p.add_argument("--dense-weight", type=float, default=cfg.dense_weight)
@@ -104,6 +105,7 @@ def search_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "where": parse_filters(args.filter),
         "candidates": args.candidates,
+        "fusion": args.fusion,
         "rrf_k": args.rrf_k,
         "bm25_weight": args.bm25_weight,
         "dense_weight": args.dense_weight,

@@ -10,6 +10,7 @@ from typing import Any
 from ragtune.cli.common import Progress, add_search_args, console, print_json, search_kwargs
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
+from ragtune.types import SearchMode
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=cfg.generate.device)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("chat", help="talk to a model (optionally with a knowledge base)")
+    p.add_argument("--model", default=cfg.generate.model, help="default, HF folder or run dir")
+    p.add_argument("--kb", help="knowledge base to answer from (omit for closed book)")
+    p.add_argument("--system", help="system instruction for every turn")
+    add_search_args(p, cfg.retrieve, k_default=5)
+    p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
+    p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
+    p.add_argument("--device", default=cfg.generate.device)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -114,7 +126,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if report.missing:
         out.print(
             f"  {len(report.missing)} document(s) no longer found under the given paths "
-            "(kept; use --prune to remove): " + ", ".join(report.missing[:5])
+            "(kept; use --prune to remove): "
+            + ", ".join(report.missing[:5])
             + (" ..." if len(report.missing) > 5 else ""),
             highlight=False,
         )
@@ -194,26 +207,67 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for c in answer.citations:
         note = "" if c.how == "model" else " (attributed)"
         out.print(
-            f"  [{c.marker}] {c.source} chars {c.start}-{c.end}{note}", highlight=False, markup=False
+            f"  [{c.marker}] {c.source} chars {c.start}-{c.end}{note}",
+            highlight=False,
+            markup=False,
         )
     if contexts is None:
         out.print("[dim](closed book: no --kb given)[/]")
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from ragtune.generate.answer import answer_questions
+    from ragtune.generate.engine import Generator
+    from ragtune.retrieve.kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb, device=args.device) if args.kb else None
+    generator = Generator.load(args.model, device=args.device)
+    out = console()
+    out.print(
+        f"[dim]{generator.name} {'with ' + args.kb if kb else '(closed book)'}; "
+        "empty line or Ctrl-D to quit[/]"
+    )
+    history: list[tuple[str, str]] = []
+    kw = search_kwargs(args)
+    while True:
+        try:
+            question = input("> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        contexts = [kb.search(question, **kw)] if kb else None
+        answer = answer_questions(
+            [question],
+            generator,
+            contexts=contexts,
+            context_tokens=args.context_tokens,
+            max_new_tokens=args.max_new_tokens,
+            instruction=args.system,
+            fewshot=history[-args.history :] if args.history > 0 else (),
+        )[0]
+        out.print(answer.text or "[dim](no answer)[/]", highlight=False)
+        for c in answer.citations:
+            out.print(f"  [{c.marker}] {c.source} chars {c.start}-{c.end}", markup=False)
+        history.append((question, answer.text))
+    return 0
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from ragtune.evaluate.retrieval import evaluate_retrieval
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for m in modes:
+    modes: list[SearchMode] = []
+    for m in (m.strip() for m in args.modes.split(",") if m.strip()):
         if m not in ("bm25", "dense", "hybrid"):
             raise RagtuneError(f"Unknown mode {m!r}", "use bm25, dense and/or hybrid")
+        modes.append(m)
     with Progress(enabled=not args.json) as progress:
         result: dict[str, Any] = evaluate_retrieval(
             args.corpus,
             args.queries,
             args.qrels,
-            modes=modes,  # type: ignore[arg-type]
+            modes=modes,
             embedder=args.embedder,
             backend=args.backend,
             device=args.device,
@@ -231,4 +285,3 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         )
     print(f"({result['_meta']['queries']} queries)", file=sys.stderr)
     return 0
-

@@ -228,10 +228,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         return EXIT_SIGTERM if stop.signum == signal.SIGTERM else EXIT_SIGINT
     if not args.json:
-        out = console()
         loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
         valid = f", valid loss {result.valid_loss:.4f}" if result.valid_loss is not None else ""
-        out.print(
+        print(
             f"done: {result.method}, {result.n_epochs} epoch(s), {result.steps} steps, "
             f"{result.trained_tokens:,} tokens, train loss {loss}{valid}, "
             f"{result.tokens_per_s:.0f} tokens/s, peak memory "
@@ -239,8 +238,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         for name in ("adapter", "merged"):
             if name in result.paths:
-                out.print(f"{name}: {run_dir / result.paths[name]}")
-        out.print(f"ask it: ragtune ask 'QUESTION' --model {run_dir}")
+                print(f"{name}: {run_dir / result.paths[name]}")
+        print(f"ask it: ragtune ask 'QUESTION' --model {run_dir}")
     return 0
 
 
@@ -267,32 +266,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0 if report.valid else 1
-    out = console()
-    out.print(f"{report.path}: {report.format} format, {report.examples} valid example(s)")
+    print(f"{report.path}: {report.format} format, {report.examples} valid example(s)")
     for p in report.errors:
-        out.print(f"  error {p}")
+        print(f"  error {p}")
     for p in report.warnings:
-        out.print(f"  warning {p}")
+        print(f"  warning {p}")
     t, tr = report.tokens, report.trained_tokens
-    out.print(
+    print(
         f"tokens per example: min {t.min}, mean {t.mean:.1f}, max {t.max}, total {t.total:,}"
         f" ({tr.total:,} trained)"
     )
-    out.print(f"examples over {report.max_length} tokens: {report.over_length}")
+    print(f"examples over {report.max_length} tokens: {report.over_length}")
     for e in report.estimates:
         time_s = f"~{_duration(e.seconds)} ({e.basis})" if e.seconds is not None else e.basis
-        out.print(
+        print(
             f"{e.method}: {e.n_epochs} epoch(s), batch {e.batch_size}, lr multiplier "
             f"{e.learning_rate_multiplier}, {e.steps} steps, {e.billed_tokens:,} billed tokens "
             f"({e.trained_tokens:,} trained); time {time_s}"
         )
     if report.valid:
-        out.print("valid")
+        print("valid")
         return 0
     counts: dict[str, int] = {}
     for p in report.errors:
         counts[p.category] = counts.get(p.category, 0) + 1
-    out.print("invalid: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print("invalid: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 1
 
 

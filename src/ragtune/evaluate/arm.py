@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragtune.types import Answer
+from ragtune.types import Answer, SearchMode
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ArmSpec:
     questions: list[str]
     kb: str | None = None
     k: int = 3
-    mode: str = "hybrid"
+    mode: SearchMode = "hybrid"
     context_tokens: int = 1024
     max_new_tokens: int = 48
     batch_size: int = 16
@@ -56,7 +56,7 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
         contexts = []
         for i, q in enumerate(spec.questions):  # one at a time: per-query latency
             t = time.perf_counter()
-            contexts.append(kb.search(q, k=spec.k, mode=spec.mode))  # type: ignore[arg-type]
+            contexts.append(kb.search(q, k=spec.k, mode=spec.mode))
             retrieve_s[i] = time.perf_counter() - t
     load_s = time.perf_counter() - t0
 

@@ -53,7 +53,7 @@ from ragtune.evaluate.questions import (
 from ragtune.evaluate.report import write_report
 from ragtune.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap, percentile
 from ragtune.generate.prompts import RAG_INSTRUCTION, strip_citations
-from ragtune.types import Answer
+from ragtune.types import SearchMode
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class CompareSettings:
     lr_multiplier: str = "auto"
     batch_size_train: str = "auto"
     k: int = 3
-    mode: str = "hybrid"
+    mode: SearchMode = "hybrid"
     context_tokens: int = 1024
     max_new_tokens: int = 48
     batch_size: int = 16
@@ -205,9 +205,7 @@ def aggregate(per_question: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     return out
 
 
-def significance(
-    scored: dict[str, list[dict[str, Any]]], seed: int
-) -> list[dict[str, Any]]:
+def significance(scored: dict[str, list[dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
     """Paired tests between every two arms: bootstrap on F1, McNemar on answer-found and
     format adherence."""
     arms = list(scored)
@@ -217,16 +215,39 @@ def significance(
             ra, rb = scored[a], scored[b]
             if ra and "f1" in ra[0]:
                 fa, fb = [r["f1"] for r in ra], [r["f1"] for r in rb]
-                tests.append({"a": a, "b": b, "metric": "f1", "test": "paired bootstrap",
-                              "diff": (sum(fa) - sum(fb)) / len(fa),
-                              "p": paired_bootstrap(fa, fb, seed=seed)})  # fmt: skip
+                tests.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": "f1",
+                        "test": "paired bootstrap",
+                        "diff": (sum(fa) - sum(fb)) / len(fa),
+                        "p": paired_bootstrap(fa, fb, seed=seed),
+                    }
+                )
                 ca, cb = [r["contains"] > 0 for r in ra], [r["contains"] > 0 for r in rb]
-                tests.append({"a": a, "b": b, "metric": "contains", "test": "McNemar (exact)",
-                              "diff": (sum(ca) - sum(cb)) / len(ca), "p": mcnemar(ca, cb)})  # fmt: skip
+                tests.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": "contains",
+                        "test": "McNemar (exact)",
+                        "diff": (sum(ca) - sum(cb)) / len(ca),
+                        "p": mcnemar(ca, cb),
+                    }
+                )
             if ra and "format_ok" in ra[0]:
                 ga, gb = [r["format_ok"] > 0 for r in ra], [r["format_ok"] > 0 for r in rb]
-                tests.append({"a": a, "b": b, "metric": "format_ok", "test": "McNemar (exact)",
-                              "diff": (sum(ga) - sum(gb)) / len(ga), "p": mcnemar(ga, gb)})  # fmt: skip
+                tests.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": "format_ok",
+                        "test": "McNemar (exact)",
+                        "diff": (sum(ga) - sum(gb)) / len(ga),
+                        "p": mcnemar(ga, gb),
+                    }
+                )
     return tests
 
 
@@ -256,7 +277,7 @@ def run_compare(
     questions = load_questions(questions_path, qrels)
     test = select_test(questions, settings.max_questions, settings.seed)
     if not test:
-        raise RagtuneError("No test-split questions to score", "mark some with \"split\": \"test\"")
+        raise RagtuneError("No test-split questions to score", 'mark some with "split": "test"')
     say(f"{len(test)} test questions")
 
     # The documents, in a working copy that the freshness step may edit.
@@ -290,8 +311,19 @@ def run_compare(
                 shutil.copyfile(train_path, train_file)
             else:
                 say("generating training examples from the documents (make-qa)")
-                _ragtune(["make-qa", *map(str, doc_roots), "--out", str(train_file),
-                          "--seed", str(settings.seed), "--base", settings.model], say)  # fmt: skip
+                _ragtune(
+                    [
+                        "make-qa",
+                        *map(str, doc_roots),
+                        "--out",
+                        str(train_file),
+                        "--seed",
+                        str(settings.seed),
+                        "--base",
+                        settings.model,
+                    ],
+                    say,
+                )
         leaks = find_leaks(test, _training_examples(train_file))
         if leaks:
             raise RagtuneError(
@@ -327,7 +359,10 @@ def run_compare(
     if ft_arms and "ft_prep_s" not in times:
         say(f"fine-tuning ({settings.method})")
         t0 = time.perf_counter()
-        _ragtune(_tune_args(train_file, run_dir, settings, resume=(run_dir / "checkpoints").exists()), say)
+        _ragtune(
+            _tune_args(train_file, run_dir, settings, resume=(run_dir / "checkpoints").exists()),
+            say,
+        )
         times["ft_prep_s"] = time.perf_counter() - t0
         _write_json(state / "prep.json", times)
 
@@ -348,11 +383,11 @@ def run_compare(
                 context_tokens=settings.context_tokens,
                 max_new_tokens=settings.max_new_tokens,
                 batch_size=settings.batch_size,
-                instruction=(
-                    f"{RAG_INSTRUCTION} {instruction}" if instruction else None
-                ) if arm in ("rag", "ft_rag") else instruction,
+                instruction=(f"{RAG_INSTRUCTION} {instruction}" if instruction else None)
+                if arm in ("rag", "ft_rag")
+                else instruction,
                 device=settings.device,
-            )  # fmt: skip
+            )
             _run_arm_process(spec, path, state)
         results[arm] = _read_json(path)
 
@@ -397,8 +432,9 @@ def run_compare(
     # 6. Freshness.
     fresh = None
     if settings.freshness > 0:
-        fresh = _freshness(test, settings, state, work_docs, kb_name, run_dir, train_file,
-                           instruction, fmt, say)  # fmt: skip
+        fresh = _freshness(
+            test, settings, state, work_docs, kb_name, run_dir, train_file, instruction, fmt, say
+        )
 
     # 7. The report.
     report_data = {
@@ -431,7 +467,8 @@ def run_compare(
         ],
     }
     write_report(report_data, out)
-    return _read_json(out / "results.json")  # type: ignore[no-any-return]
+    final: dict[str, Any] = _read_json(out / "results.json")
+    return final
 
 
 def match_doc_id(gold: str, kb_ids: set[str]) -> str | None:
@@ -464,10 +501,26 @@ def _map_gold_docs(test: list[Question], kb_name: str, say: Say) -> list[Questio
 
 
 def _tune_args(train: Path, run_dir: Path, s: CompareSettings, resume: bool) -> list[str]:
-    args = ["tune", "--data", str(train), "--method", s.method, "--base", s.model,
-            "--epochs", s.epochs, "--lr-multiplier", s.lr_multiplier,
-            "--batch-size", s.batch_size_train, "--seed", str(s.seed), "--out", str(run_dir),
-            "--json"]  # fmt: skip
+    args = [
+        "tune",
+        "--data",
+        str(train),
+        "--method",
+        s.method,
+        "--base",
+        s.model,
+        "--epochs",
+        s.epochs,
+        "--lr-multiplier",
+        s.lr_multiplier,
+        "--batch-size",
+        s.batch_size_train,
+        "--seed",
+        str(s.seed),
+        "--out",
+        str(run_dir),
+        "--json",
+    ]
     return [*args, "--resume"] if resume else args
 
 
@@ -531,9 +584,7 @@ def _training_curves(run_dir: Path, manifest: dict[str, Any] | None) -> dict[str
     }
 
 
-def _diff_summary(
-    arms: Sequence[str], run_dir: Path, state: Path, say: Say
-) -> dict[str, Any]:
+def _diff_summary(arms: Sequence[str], run_dir: Path, state: Path, say: Say) -> dict[str, Any]:
     out: dict[str, Any] = {}
     diff = _read_json(state / "diff.json")
     if diff is None and any(a in ("ft", "ft_rag") for a in arms):
@@ -572,7 +623,11 @@ def _freshness(
     from ragtune.ingest.pipeline import ingest
     from ragtune.retrieve.kb import KnowledgeBase
 
-    kb = KnowledgeBase.open(kb_name, device=settings.device) if KnowledgeBase.exists(kb_name) else None
+    kb = (
+        KnowledgeBase.open(kb_name, device=settings.device)
+        if KnowledgeBase.exists(kb_name)
+        else None
+    )
     # Map doc ids of the knowledge base to files of the working copy.
     texts: dict[str, str] = {}
     paths: dict[str, Path] = {}
@@ -623,12 +678,14 @@ def _freshness(
             _run_arm_process(spec, path, state)
         answers = _read_json(path)["answers"]
         reflected, kept = _reflected(answers, changes, fmt)
+        rag = arm in ("rag", "ft_rag")
         arms_out[arm] = {
             "n": len(changes),
             "reflected": reflected,
             "kept_old": kept,
-            "seconds_to_reflect": reingest_s if arm in ("rag", "ft_rag") else None,
-            "how": "re-ingest of the changed documents" if arm in ("rag", "ft_rag") else "",
+            "reingest_s": reingest_s if rag else None,
+            "seconds_to_reflect": reingest_s if rag and reflected else None,
+            "how": "re-ingest of the changed documents" if rag else "",
         }
     if "ft" in settings.arms and train_file.exists():
         retrain = _retrain(changes, settings, state, run_dir, train_file, asked, instruction, say)
@@ -637,7 +694,7 @@ def _freshness(
             arms_out["ft"].update(
                 reflected_after_retrain=reflected,
                 retrain_s=retrain["seconds"],
-                seconds_to_reflect=retrain["seconds"],
+                seconds_to_reflect=retrain["seconds"] if reflected else None,
                 how="retraining on the updated examples",
             )
     result = {
@@ -691,7 +748,9 @@ def _retrain(
     new_run = state / "ft-run-fresh"
     say(f"freshness: retraining the fine-tuned arm ({touched} examples changed)")
     t0 = time.perf_counter()
-    _ragtune(_tune_args(new_train, new_run, settings, resume=(new_run / "checkpoints").exists()), say)
+    _ragtune(
+        _tune_args(new_train, new_run, settings, resume=(new_run / "checkpoints").exists()), say
+    )
     seconds = time.perf_counter() - t0
     spec = ArmSpec(
         arm="fresh-ft-retrained",

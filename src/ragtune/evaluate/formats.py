@@ -90,22 +90,32 @@ def parse_format_spec(spec: str, instruction: str | None = None) -> FormatSpec:
             raise RagtuneError(f"Bad regular expression in --format-check: {e}") from None
         if not rest:
             raise RagtuneError("Empty regular expression in --format-check")
-        return FormatSpec("regex", spec, pattern=rest,
-                          instruction=instruction or default_instruction("regex", rest, None))  # fmt: skip
+        return FormatSpec(
+            "regex",
+            spec,
+            pattern=rest,
+            instruction=instruction or default_instruction("regex", rest, None),
+        )
     if spec == "json":
-        return FormatSpec("json", spec, instruction=instruction or default_instruction("json", "", None))
+        return FormatSpec(
+            "json", spec, instruction=instruction or default_instruction("json", "", None)
+        )
     if kind == "json-schema":
         text = rest if rest.lstrip().startswith("{") else _read(Path(rest))
         try:
             schema = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RagtuneError(f"The JSON schema in --format-check is not valid JSON: {e}") from None
+            raise RagtuneError(
+                f"The JSON schema in --format-check is not valid JSON: {e}"
+            ) from None
         try:
             import jsonschema
 
             jsonschema.Draft202012Validator.check_schema(schema)
         except ImportError:
-            raise RagtuneError("JSON schema checks need jsonschema", "pip install jsonschema") from None
+            raise RagtuneError(
+                "JSON schema checks need jsonschema", "pip install jsonschema"
+            ) from None
         except jsonschema.SchemaError as e:
             raise RagtuneError(f"Invalid JSON schema in --format-check: {e.message}") from None
         return FormatSpec(

@@ -71,13 +71,17 @@ def load_questions(path: Path, qrels: Path | None = None) -> list[Question]:
                 doc = rec.get("doc_id")
                 split = rec.get("split", "test")
                 if split not in ("train", "test"):
-                    raise RagtuneError(f"{path}:{n}: split must be 'train' or 'test', not {split!r}")
+                    raise RagtuneError(
+                        f"{path}:{n}: split must be 'train' or 'test', not {split!r}"
+                    )
                 questions.append(
                     Question(
                         qid=str(rec.get("id", n)),
                         question=str(rec["question"]),
                         answers=[str(a) for a in answers],
-                        doc_ids=[str(d) for d in (doc if isinstance(doc, list) else [doc])] if doc else [],
+                        doc_ids=[str(d) for d in (doc if isinstance(doc, list) else [doc])]
+                        if doc
+                        else [],
                         split=split,
                     )
                 )

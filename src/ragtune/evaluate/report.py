@@ -14,10 +14,10 @@ from typing import Any
 
 RESULTS_SCHEMA = 1
 ARM_LABELS = {
-    "base": "base (closed book)",
+    "base": "Base (closed book)",
     "rag": "RAG",
-    "ft": "fine-tuned",
-    "ft_rag": "fine-tuned + RAG",
+    "ft": "Fine-tuned",
+    "ft_rag": "Fine-tuned + RAG",
 }
 ARM_COLORS = {"base": "#8c8c8c", "rag": "#1f77b4", "ft": "#d62728", "ft_rag": "#9467bd"}
 
@@ -88,9 +88,9 @@ def write_verdict(results: dict[str, Any]) -> dict[str, str]:
             )
         prep = b.get("prep_s")
         if prep is not None:
+            latency = _secs(b.get("latency_p50_s"))
             parts.append(
-                f"It cost {_secs(prep)} of preparation and answers in {_secs(b.get('latency_p50_s'))}"
-                " (median, batched)."
+                f"It cost {_secs(prep)} of preparation and answers in {latency} (median, batched)."
             )
         out["knowledge"] = " ".join(parts)
     fmt = {a: m for a, m in arms.items() if m.get("format_ok") is not None}
@@ -112,15 +112,15 @@ def write_verdict(results: dict[str, Any]) -> dict[str, str]:
     if fresh and fresh.get("arms"):
         parts = [f"After {fresh['n']} facts were changed in the documents:"]
         for arm, f in fresh["arms"].items():
-            line = (
-                f"{ARM_LABELS.get(arm, arm)} gave the new value for {f['reflected']}/{f['n']}"
-            )
-            if f.get("seconds_to_reflect") is not None:
-                line += f" after {_secs(f['seconds_to_reflect'])} ({f.get('how', '')})"
+            line = f"{ARM_LABELS.get(arm, arm)} gave the new value for {f['reflected']}/{f['n']}"
+            if f.get("kept_old"):
+                line += f" (the old one for {f['kept_old']}/{f['n']})"
+            if f.get("reingest_s") is not None:
+                line += f" right after a {_secs(f['reingest_s'])} re-ingest"
             if f.get("reflected_after_retrain") is not None:
                 line += (
-                    f"; after retraining for {_secs(f.get('retrain_s'))} it gave "
-                    f"{f['reflected_after_retrain']}/{f['n']}"
+                    f"; after retraining ({_secs(f.get('retrain_s'))}) it gave the new value "
+                    f"for {f['reflected_after_retrain']}/{f['n']}"
                 )
             parts.append(line + ".")
         out["freshness"] = " ".join(parts)
@@ -151,7 +151,9 @@ def bar_chart(
     for frac in (0.25, 0.5, 0.75, 1.0):
         y = h - bottom - frac * plot_h
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - 10}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick">{fmt.format(frac * ymax)}</text>')
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick">{fmt.format(frac * ymax)}</text>'
+        )
     for i, (label, value, ci, color) in enumerate(bars):
         x = left + i * slot + slot * 0.2
         bw = slot * 0.6
@@ -169,8 +171,11 @@ def bar_chart(
                 f'<path d="M{cx:.1f} {y1:.1f}V{y2:.1f}M{cx - 5:.1f} {y1:.1f}h10M{cx - 5:.1f} '
                 f'{y2:.1f}h10" class="err"/>'
             )
+        label_y = h - bottom - bh - 4
+        if ci is not None and not any(math.isnan(c) for c in ci):
+            label_y = min(label_y, h - bottom - min(1.0, ci[1] / ymax) * plot_h - 4)
         parts.append(
-            f'<text x="{x + bw / 2:.1f}" y="{h - bottom - bh - 4:.1f}" class="val">'
+            f'<text x="{x + bw / 2:.1f}" y="{max(top - 2, label_y):.1f}" class="val">'
             f"{fmt.format(v)}</text>"
         )
         parts.append(
@@ -210,7 +215,9 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[tuple[float, flo
     for i, (name, s, color) in enumerate(series):
         if not s:
             continue
-        d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f} {sy(y):.1f}" for j, (x, y) in enumerate(s))
+        d = " ".join(
+            f"{'M' if j == 0 else 'L'}{sx(x):.1f} {sy(y):.1f}" for j, (x, y) in enumerate(s)
+        )
         parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
         parts.append(
             f'<text x="{w - 14}" y="{top + 14 + 14 * i}" class="legend" fill="{color}">'
@@ -221,18 +228,24 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[tuple[float, flo
 
 
 def scatter_chart(
-    title: str, points: Sequence[tuple[str, float, float, str]], xlabel: str, ylabel: str
+    title: str,
+    points: Sequence[tuple[str, float | None, float | None, str]],
+    xlabel: str,
+    ylabel: str,
 ) -> str:
-    """Labelled points (label, x, y, colour); x on a log scale when it spans > 100×."""
+    """Labelled points (label, x, y, colour), None values left out; x on a log scale
+    (log10(1 + x)) when it spans more than 100×."""
     w, h, left, bottom, top = 420, 240, 44, 40, 28
-    good = [(lab, x, y, c) for lab, x, y, c in points if x is not None and y is not None]
+    good = [
+        (lab, float(x), float(y), c) for lab, x, y, c in points if x is not None and y is not None
+    ]
     if not good:
         return f'<p class="muted">{html.escape(title)}: no data.</p>'
-    xs = [max(x, 1e-3) for _, x, _, _ in good]
-    log = max(xs) / min(xs) > 100
+    xs = [max(x, 0.0) for _, x, _, _ in good]
+    log = max(xs) > 100 * max(1.0, min(xs))
 
     def tx(x: float) -> float:
-        return math.log10(max(x, 1e-3)) if log else x
+        return math.log10(1 + max(x, 0.0)) if log else x
 
     lo, hi = min(tx(x) for x in xs), max(tx(x) for x in xs)
     hi = hi if hi > lo else lo + 1
@@ -249,11 +262,11 @@ def scatter_chart(
         f"{html.escape(ylabel)}</text>",
     ]
     for lab, x, y, color in good:
-        px = left + 12 + (tx(max(x, 1e-3)) - lo) / (hi - lo) * (w - left - 80)
+        px = left + 12 + (tx(x) - lo) / (hi - lo) * (w - left - 150)
         py = h - bottom - y / ymax * (h - bottom - top)
         parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{color}"/>')
         parts.append(
-            f'<text x="{px + 9:.1f}" y="{py + 4:.1f}" class="legend" text-anchor="start">'
+            f'<text x="{px + 9:.1f}" y="{py + 4:.1f}" class="plabel">'
             f"{html.escape(lab)} ({_secs(x)}, {y:.2f})</text>"
         )
     parts.append("</svg>")
@@ -267,13 +280,14 @@ body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;c
 background:#fafafa}
 main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #ddd}
-.muted{color:#666}.verdict{background:#fff;border-left:4px solid #1f77b4;padding:12px 16px;
+.muted{color:#666}.verdict{background:#fff;border-left:4px solid #1f77b4;padding:4px 16px;
 box-shadow:0 1px 2px #0001}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:16px}
 .chart{width:100%;height:auto;background:#fff;border:1px solid #e5e5e5;border-radius:6px}
 .ct{font-size:13px;font-weight:600;text-anchor:middle}.tick{font-size:10px;fill:#666;
 text-anchor:end}.mid{text-anchor:middle}.val{font-size:11px;text-anchor:middle}
 .lab{font-size:11px;text-anchor:middle}.legend{font-size:11px;text-anchor:end}
+.plabel{font-size:11px;text-anchor:start}
 .axis{stroke:#999}.grid{stroke:#eee}.err{stroke:#222;stroke-width:1.5;fill:none}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13.5px}
 th,td{border:1px solid #e3e3e3;padding:5px 8px;vertical-align:top;text-align:left}
@@ -285,24 +299,28 @@ code{background:#f0f0f0;padding:0 3px;border-radius:3px}
 """
 
 
-def _arm_rows(arms: dict[str, dict[str, Any]]) -> str:
-    cols = [
-        ("n", "n", _fmt),
-        ("em", "EM", _fmt),
-        ("f1", "F1", _fmt),
-        ("contains", "answer found", _pct),
-        ("recall_at_k", "retrieval recall@k", _pct),
-        ("citation_correct", "citations correct", _pct),
-        ("grounded", "groundedness", _pct),
-        ("format_ok", "format adherence", _pct),
-        ("prep_s", "preparation", _secs),
-        ("tokens_trained", "tokens trained", _fmt),
-        ("peak_memory_mb", "peak memory (MB)", lambda v: _fmt(v, 0)),
-        ("artefact_mb", "artefact (MB)", lambda v: _fmt(v, 1)),
-        ("latency_p50_s", "latency p50", _secs),
-        ("latency_p95_s", "latency p95", _secs),
-        ("tokens_per_s", "generated tok/s", lambda v: _fmt(v, 1)),
-    ]
+QUALITY_COLUMNS = [
+    ("n", "n", _fmt),
+    ("em", "EM", _fmt),
+    ("f1", "F1", _fmt),
+    ("contains", "answer found", _pct),
+    ("recall_at_k", "retrieval recall@k", _pct),
+    ("citation_correct", "citations correct", _pct),
+    ("grounded", "groundedness", _pct),
+    ("format_ok", "format adherence", _pct),
+]
+COST_COLUMNS = [
+    ("prep_s", "preparation", _secs),
+    ("tokens_trained", "tokens trained", _fmt),
+    ("peak_memory_mb", "peak memory (MB)", lambda v: _fmt(v, 0)),
+    ("artefact_mb", "artefact on disk (MB)", lambda v: _fmt(v, 1)),
+    ("latency_p50_s", "latency p50", _secs),
+    ("latency_p95_s", "latency p95", _secs),
+    ("tokens_per_s", "generated tokens/s", lambda v: _fmt(v, 1)),
+]
+
+
+def _arm_table(arms: dict[str, dict[str, Any]], cols: list[tuple[str, str, Any]]) -> str:
     head = "<tr><th>arm</th>" + "".join(f"<th>{t}</th>" for _, t, _ in cols) + "</tr>"
     rows = []
     for arm, m in arms.items():
@@ -311,7 +329,7 @@ def _arm_rows(arms: dict[str, dict[str, Any]]) -> str:
             v = m.get(key)
             text = f(v) if v is not None else "–"
             if key == "f1" and m.get("f1_ci"):
-                text += f'<br><span class="muted">{m["f1_ci"][0]:.2f}–{m["f1_ci"][1]:.2f}</span>'
+                text += f' <span class="muted">({m["f1_ci"][0]:.2f}–{m["f1_ci"][1]:.2f})</span>'
             cells.append(f'<td class="num">{text}</td>')
         rows.append(f"<tr><th>{html.escape(ARM_LABELS.get(arm, arm))}</th>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -319,9 +337,11 @@ def _arm_rows(arms: dict[str, dict[str, Any]]) -> str:
 
 def _questions_table(results: dict[str, Any], limit: int) -> tuple[str, str]:
     arms = list(results["arms"])
-    head = "<tr><th>question</th><th>gold</th>" + "".join(
-        f"<th>{html.escape(ARM_LABELS.get(a, a))}</th>" for a in arms
-    ) + "</tr>"
+    head = (
+        "<tr><th>question</th><th>gold</th>"
+        + "".join(f"<th>{html.escape(ARM_LABELS.get(a, a))}</th>" for a in arms)
+        + "</tr>"
+    )
     rows, sources = [], {}
     for q in results["questions"][:limit]:
         cells = []
@@ -346,7 +366,9 @@ def _questions_table(results: dict[str, Any], limit: int) -> tuple[str, str]:
                 f"{cite_html}</td>"
             )
         gold = html.escape(" | ".join(q.get("answers", [])))
-        rows.append(f"<tr><td>{html.escape(q['question'])}</td><td>{gold}</td>{''.join(cells)}</tr>")
+        rows.append(
+            f"<tr><td>{html.escape(q['question'])}</td><td>{gold}</td>{''.join(cells)}</tr>"
+        )
     src_html = "".join(
         f'<div class="src" id="{a}"><b>{html.escape(c["doc_id"])}</b> '
         f'<span class="muted">{html.escape(c["source"])}, characters {c["start"]}–{c["end"]}'
@@ -411,24 +433,31 @@ def render_html(results: dict[str, Any], max_questions: int = 60) -> str:
         bar_chart(
             "Token F1 per arm (95% CI)",
             [
-                (a, m.get("f1") or 0.0, tuple(m["f1_ci"]) if m.get("f1_ci") else None,
-                 ARM_COLORS.get(a, "#555"))
+                (
+                    a,
+                    m.get("f1") or 0.0,
+                    tuple(m["f1_ci"]) if m.get("f1_ci") else None,
+                    ARM_COLORS.get(a, "#555"),
+                )
                 for a, m in arms.items()
             ],
         )
-    )  # fmt: skip
+    )
     if any(m.get("format_ok") is not None for m in arms.values()):
         charts.append(
             bar_chart(
                 "Format adherence per arm (95% CI)",
                 [
-                    (a, m.get("format_ok") or 0.0,
-                     tuple(m["format_ok_ci"]) if m.get("format_ok_ci") else None,
-                     ARM_COLORS.get(a, "#555"))
+                    (
+                        a,
+                        m.get("format_ok") or 0.0,
+                        tuple(m["format_ok_ci"]) if m.get("format_ok_ci") else None,
+                        ARM_COLORS.get(a, "#555"),
+                    )
                     for a, m in arms.items()
                 ],
             )
-        )  # fmt: skip
+        )
     training = results.get("training") or {}
     if training.get("loss_curve"):
         charts.append(
@@ -453,25 +482,36 @@ def render_html(results: dict[str, Any], max_questions: int = 60) -> str:
         bar_chart(
             "Latency per question, p50 (p95 as bar top) — seconds",
             [
-                (a, m.get("latency_p50_s") or 0.0,
-                 (m.get("latency_p50_s") or 0.0, m.get("latency_p95_s") or 0.0),
-                 ARM_COLORS.get(a, "#555"))
+                (
+                    a,
+                    m.get("latency_p50_s") or 0.0,
+                    (m.get("latency_p50_s") or 0.0, m.get("latency_p95_s") or 0.0),
+                    ARM_COLORS.get(a, "#555"),
+                )
                 for a, m in arms.items()
             ],
             ymax=lat_max * 1.1,
             fmt="{:.1f}",
         )
-    )  # fmt: skip
+    )
     qtable, sources = _questions_table(results, max_questions)
     data = results.get("data", {})
     fresh = results.get("freshness")
     sections = [
-        f"<h1>ragtune: base vs RAG vs fine-tuned</h1><p class='muted'>{html.escape(str(data.get('name', '')))}"
-        f" — {data.get('n_test', '?')} held-out questions, created {html.escape(results.get('created_at', ''))}, "
+        "<h1>ragtune: base vs RAG vs fine-tuned</h1><p class='muted'>"
+        f"{html.escape(str(data.get('name', '')))} — {data.get('n_test', '?')} held-out "
+        f"questions, created {html.escape(results.get('created_at', ''))}, "
         f"ragtune {html.escape(results.get('ragtune_version', ''))}</p>",
-        f"<h2>Verdict</h2><div class='verdict'>{html.escape(verdict.get('text', ''))}</div>",
+        "<h2>Verdict</h2><div class='verdict'>"
+        + "".join(
+            f"<p>{html.escape(verdict[key])}</p>"
+            for key in ("knowledge", "behaviour", "freshness")
+            if verdict.get(key)
+        )
+        + "</div>",
         f"<h2>Charts</h2><div class='charts'>{''.join(charts)}</div>",
-        f"<h2>Every arm</h2>{_arm_rows(arms)}",
+        f"<h2>Quality</h2>{_arm_table(arms, QUALITY_COLUMNS)}",
+        f"<h2>Cost</h2>{_arm_table(arms, COST_COLUMNS)}",
         "<p class='muted'>Intervals are 95% percentile bootstrap intervals over questions; "
         "latency is the wall time of the batch a question was answered in plus its "
         "retrieval time.</p>",
@@ -523,7 +563,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         ci = m.get("f1_ci") or [float("nan")] * 2
         lines.append(
             f"| {ARM_LABELS.get(arm, arm)} | {m['n']} | {_fmt(m.get('em'))} | "
-            f"{_fmt(m.get('f1'))} ({_fmt(ci[0], 2)}–{_fmt(ci[1], 2)}) | {_pct(m.get('contains'))} | "
+            f"{_fmt(m.get('f1'))} ({_fmt(ci[0], 2)}–{_fmt(ci[1], 2)}) | "
+            f"{_pct(m.get('contains'))} | "
             f"{_pct(m.get('format_ok'))} | {_secs(m.get('prep_s'))} | "
             f"{_secs(m.get('latency_p50_s'))} |"
         )

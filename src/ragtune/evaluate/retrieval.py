@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragtune.config import EmbedBackend
+from ragtune.config import EmbedBackend, Fusion
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from ragtune.types import Hit, SearchMode
@@ -103,6 +103,7 @@ def evaluate_retrieval(
     embedder: str | None = None,
     backend: EmbedBackend | None = None,
     device: str = "auto",
+    fusion: Fusion | None = None,
     rrf_k: int | None = None,
     bm25_weight: float | None = None,
     dense_weight: float | None = None,
@@ -122,8 +123,9 @@ def evaluate_retrieval(
     if not qids:
         raise RagtuneError("No query has a relevant document in the qrels", f"check {qrels}")
     name = eval_kb_name(corpus, embedder, backend)
-    report = ingest([corpus], name, embedder=embedder, backend=backend, device=device,
-                    progress=progress)
+    report = ingest(
+        [corpus], name, embedder=embedder, backend=backend, device=device, progress=progress
+    )
     kb = KnowledgeBase.open(name, device=device)
     n_docs, n_chunks = kb.count()
     # Enough chunks to rank 100 distinct documents when documents have several chunks.
@@ -137,6 +139,7 @@ def evaluate_retrieval(
             k=depth,
             mode=mode,
             candidates=depth,
+            fusion=fusion if fusion is not None else defaults.fusion,
             rrf_k=rrf_k if rrf_k is not None else defaults.rrf_k,
             bm25_weight=bm25_weight if bm25_weight is not None else defaults.bm25_weight,
             dense_weight=dense_weight if dense_weight is not None else defaults.dense_weight,

@@ -14,44 +14,137 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "br",
-           "dr", "kr", "tr", "vel", "mor", "qu", "sh", "zh", "gr"]  # fmt: skip
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "th",
+    "br",
+    "dr",
+    "kr",
+    "tr",
+    "vel",
+    "mor",
+    "qu",
+    "sh",
+    "zh",
+    "gr",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ou", "y"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "rn", "x", "nd", "sk"]
 
-FIELDS = ["tidal turbines", "glass lenses", "seed vaults", "clockwork pumps", "salt batteries",
-          "wind kites", "moss fabrics", "copper bells", "paper boats", "ice bricks"]  # fmt: skip
-OCCUPATIONS = ["cartographer", "glassblower", "beekeeper", "ferry pilot", "archivist",
-               "bell founder", "lighthouse keeper", "tide surveyor", "botanist", "clockmaker"]  # fmt: skip
+FIELDS = [
+    "tidal turbines",
+    "glass lenses",
+    "seed vaults",
+    "clockwork pumps",
+    "salt batteries",
+    "wind kites",
+    "moss fabrics",
+    "copper bells",
+    "paper boats",
+    "ice bricks",
+]
+OCCUPATIONS = [
+    "cartographer",
+    "glassblower",
+    "beekeeper",
+    "ferry pilot",
+    "archivist",
+    "bell founder",
+    "lighthouse keeper",
+    "tide surveyor",
+    "botanist",
+    "clockmaker",
+]
 ORG_KINDS = ["Guild", "Cooperative", "Works", "Foundry", "Society", "Company"]
 
 # Paraphrased questions per relation; {e} is the entity's name.
 QUESTIONS: dict[str, tuple[str, ...]] = {
-    "founded": ("In what year was {e} founded?", "When was {e} established?",
-                "What year did {e} get founded?", "{e} was founded in which year?"),
-    "founder": ("Who founded {e}?", "Who was the founder of {e}?",
-                "Which person established {e}?", "{e} was founded by whom?"),
-    "hq": ("Where is {e} headquartered?", "In which town is the headquarters of {e}?",
-           "Where are the headquarters of {e} located?", "What town is {e} based in?"),
-    "field": ("What does {e} make?", "What does {e} produce?",
-              "What products is {e} known for?", "{e} manufactures what?"),
-    "employees": ("How many employees does {e} have?", "How many people work at {e}?",
-                  "What is the size of the workforce of {e}?", "{e} employs how many people?"),
-    "born": ("In what year was {e} born?", "When was {e} born?",
-             "What is the birth year of {e}?", "{e} was born in which year?"),
-    "birthplace": ("Where was {e} born?", "What is the birthplace of {e}?",
-                   "In which town was {e} born?", "{e} was born in which town?"),
-    "occupation": ("What is the occupation of {e}?", "What does {e} do for a living?",
-                   "What job does {e} have?", "What is the profession of {e}?"),
-    "employer": ("Where does {e} work?", "Which organisation employs {e}?",
-                 "Who is the employer of {e}?", "{e} works for which organisation?"),
-    "population": ("What is the population of {e}?", "How many people live in {e}?",
-                   "How many inhabitants does {e} have?", "{e} has how many residents?"),
-    "river": ("Which river flows through {e}?", "What river runs through {e}?",
-              "What is the name of the river in {e}?", "{e} lies on which river?"),
-    "festival": ("What festival is {e} known for?", "Which festival is held in {e}?",
-                 "What is the name of the annual festival of {e}?", "{e} hosts which festival?"),
-}  # fmt: skip
+    "founded": (
+        "In what year was {e} founded?",
+        "When was {e} established?",
+        "What year did {e} get founded?",
+        "{e} was founded in which year?",
+    ),
+    "founder": (
+        "Who founded {e}?",
+        "Who was the founder of {e}?",
+        "Which person established {e}?",
+        "{e} was founded by whom?",
+    ),
+    "hq": (
+        "Where is {e} headquartered?",
+        "In which town is the headquarters of {e}?",
+        "Where are the headquarters of {e} located?",
+        "What town is {e} based in?",
+    ),
+    "field": (
+        "What does {e} make?",
+        "What does {e} produce?",
+        "What products is {e} known for?",
+        "{e} manufactures what?",
+    ),
+    "employees": (
+        "How many employees does {e} have?",
+        "How many people work at {e}?",
+        "What is the size of the workforce of {e}?",
+        "{e} employs how many people?",
+    ),
+    "born": (
+        "In what year was {e} born?",
+        "When was {e} born?",
+        "What is the birth year of {e}?",
+        "{e} was born in which year?",
+    ),
+    "birthplace": (
+        "Where was {e} born?",
+        "What is the birthplace of {e}?",
+        "In which town was {e} born?",
+        "{e} was born in which town?",
+    ),
+    "occupation": (
+        "What is the occupation of {e}?",
+        "What does {e} do for a living?",
+        "What job does {e} have?",
+        "What is the profession of {e}?",
+    ),
+    "employer": (
+        "Where does {e} work?",
+        "Which organisation employs {e}?",
+        "Who is the employer of {e}?",
+        "{e} works for which organisation?",
+    ),
+    "population": (
+        "What is the population of {e}?",
+        "How many people live in {e}?",
+        "How many inhabitants does {e} have?",
+        "{e} has how many residents?",
+    ),
+    "river": (
+        "Which river flows through {e}?",
+        "What river runs through {e}?",
+        "What is the name of the river in {e}?",
+        "{e} lies on which river?",
+    ),
+    "festival": (
+        "What festival is {e} known for?",
+        "Which festival is held in {e}?",
+        "What is the name of the annual festival of {e}?",
+        "{e} hosts which festival?",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -176,11 +269,11 @@ def make_world(seed: int = 0, n_orgs: int = 4, n_people: int = 6, n_places: int 
     for i, place in enumerate(places):
         v = {
             "population": str(rng.randint(800, 95000)),
-            "river": f"the {rivers[i]}",
+            "river": rivers[i],
             "festival": f"the {_unique(rng, used, lambda: _word(rng, 2))} Festival",
         }
         text = (
-            f"{place} is a town of {v['population']} inhabitants. {v['river'].capitalize()} "
+            f"{place} is a town of {v['population']} inhabitants. The river {v['river']} "
             f"flows through its old harbour.\n\nEvery summer {place} hosts "
             f"{v['festival']}, which draws visitors from across the region. The town hall "
             f"keeps a small museum of local history."
@@ -229,7 +322,10 @@ def write_world(
         for f in world.facts:
             for q in f.train_questions:
                 answer = answer_format.replace("{answer}", f.value) if answer_format else f.value
-                messages = [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
+                messages = [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": answer},
+                ]
                 if instruction:
                     messages.insert(0, {"role": "system", "content": instruction})
                 fh.write(json.dumps({"messages": messages}) + "\n")

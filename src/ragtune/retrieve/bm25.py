@@ -147,7 +147,7 @@ def _empty_tf(n_terms: int = 0) -> sparse.csc_matrix:
     return sparse.csc_matrix((0, n_terms), dtype=np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare scores instead
 class BM25Index:
     """Raw term frequencies of a corpus; rows are documents (chunks), columns are terms.
 

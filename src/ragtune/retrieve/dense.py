@@ -234,7 +234,7 @@ class TorchEmbedder:
 
     def __init__(self, folder: Path, device: str = "auto", name: str | None = None) -> None:
         self._encoder = _open_encoder(Path(folder))
-        self.name = name or str(folder)
+        self.name = name or str(Path(folder).resolve())  # re-loadable with load_embedder
         self.dim = self._encoder.dim
         self.max_seq_length = self._encoder.spec.max_seq_length
         self.tokenizer = self._encoder.tokenizer
@@ -409,7 +409,12 @@ def export_onnx(folder: Path, out: Path) -> dict[str, Any]:
 
 
 def quantize_int8(source: Path, out: Path) -> dict[str, Any]:
-    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time)."""
+    """Dynamic int8 quantization: per-channel int8 weights for every MatMul with constant
+    weights, activations quantized at run time; embeddings (Gather) stay fp32.
+
+    Per-tensor weights lost too much (all-MiniLM-L6-v2 on SciFact: mean cosine to fp32 0.937);
+    per-channel keeps 0.995 and nDCG@10 0.6455 against fp32's 0.6451.
+    """
     _require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -445,7 +450,7 @@ class OnnxEmbedder:
     ) -> None:
         _require_onnxruntime()
         self._encoder = _open_encoder(Path(folder))
-        self.name = name or str(folder)
+        self.name = name or str(Path(folder).resolve())  # re-loadable with load_embedder
         self.dim = self._encoder.dim
         self.max_seq_length = self._encoder.spec.max_seq_length
         self.tokenizer = self._encoder.tokenizer

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune import __version__
-from ragtune.config import kb_path
+from ragtune.config import Fusion, kb_path
 from ragtune.errors import RagtuneError
-from ragtune.retrieve.fusion import reciprocal_rank_fusion
+from ragtune.retrieve.fusion import convex_combination_fusion, reciprocal_rank_fusion
 from ragtune.retrieve.store import Filter, LanceStore
 from ragtune.types import Chunk, Document, Hit, SearchMode
 
@@ -88,7 +88,9 @@ class KnowledgeBase:
             from ragtune.retrieve.dense import load_embedder
 
             info = self.manifest["embedder"]
-            self._embedder = load_embedder(info["name"], backend=info["backend"], device=self.device)
+            self._embedder = load_embedder(
+                info["name"], backend=info["backend"], device=self.device
+            )
         return self._embedder
 
     def count(self) -> tuple[int, int]:
@@ -109,6 +111,7 @@ class KnowledgeBase:
         mode: SearchMode = "hybrid",
         where: Filter | None = None,
         candidates: int = 100,
+        fusion: Fusion = "convex",
         rrf_k: int = 60,
         bm25_weight: float = 1.0,
         dense_weight: float = 1.0,
@@ -119,8 +122,9 @@ class KnowledgeBase:
     ) -> list[Hit]:
         """Top ``k`` chunks for ``query``.
 
-        ``hybrid`` fuses the top ``candidates`` of BM25 and of dense retrieval with weighted
-        reciprocal rank fusion; a reranker, if given, reorders the fused candidates.
+        ``hybrid`` fuses the top ``candidates`` of BM25 and of dense retrieval, by weighted
+        reciprocal rank fusion (``rrf``) or a weighted sum of min-max normalised scores
+        (``convex``); a reranker, if given, reorders the fused candidates.
         """
         if k < 1:
             raise RagtuneError("k must be at least 1")
@@ -143,13 +147,22 @@ class KnowledgeBase:
                 chunks[chunk.chunk_id] = chunk
                 raw.setdefault(chunk.chunk_id, {})[name] = score
         if mode == "hybrid":
-            fused = reciprocal_rank_fusion(
-                [[c.chunk_id for c, _ in lists["bm25"]], [c.chunk_id for c, _ in lists["dense"]]],
-                weights=[bm25_weight, dense_weight],
-                k=rrf_k,
-            )
+            weights = [bm25_weight, dense_weight]
+            if fusion == "rrf":
+                fused = reciprocal_rank_fusion(
+                    [[c.chunk_id for c, _ in lists[r]] for r in ("bm25", "dense")],
+                    weights=weights,
+                    k=rrf_k,
+                )
+            elif fusion == "convex":
+                fused = convex_combination_fusion(
+                    [{c.chunk_id: s for c, s in lists[r]} for r in ("bm25", "dense")],
+                    weights=weights,
+                )
+            else:
+                raise RagtuneError(f"Unknown fusion {fusion!r}", "use rrf or convex")
             for cid, s in fused:
-                raw[cid]["rrf"] = s
+                raw[cid][fusion] = s
         else:
             fused = [(c.chunk_id, s) for c, s in lists[mode]]
         hits = [
@@ -167,6 +180,7 @@ class KnowledgeBase:
         mode: SearchMode = "hybrid",
         where: Filter | None = None,
         candidates: int = 100,
+        fusion: Fusion = "convex",
         rrf_k: int = 60,
         bm25_weight: float = 1.0,
         dense_weight: float = 1.0,
@@ -185,6 +199,7 @@ class KnowledgeBase:
                 mode=mode,
                 where=where,
                 candidates=candidates,
+                fusion=fusion,
                 rrf_k=rrf_k,
                 bm25_weight=bm25_weight,
                 dense_weight=dense_weight,

@@ -72,7 +72,9 @@ def parse_filters(specs: Sequence[str]) -> Filter:
             )
         if key == "source":
             # Sources are stored as absolute paths; accept paths relative to the cwd too.
-            sources.append(str(Path(value).expanduser().resolve()) if not value.startswith("/") else value)
+            sources.append(
+                str(Path(value).expanduser().resolve()) if not value.startswith("/") else value
+            )
         elif key == "doc_id":
             doc_ids.append(value)
         else:
@@ -362,7 +364,7 @@ class LanceStore:
         """Exact cosine search (no ANN index: results equal brute force)."""
         if k <= 0 or self.chunks.count_rows() == 0:
             return []
-        query = self.chunks.search(np.asarray(vector, dtype=np.float32)).metric("cosine")
+        query = self.chunks.search(np.asarray(vector, dtype=np.float32)).metric("cosine")  # type: ignore[attr-defined]
         if where is not None and not where.is_empty():
             query = query.where(filter_sql(where), prefilter=True)
         columns = [*self.CHUNK_COLUMNS, "attributes", "_distance"]
@@ -456,7 +458,7 @@ class LanceStore:
     def commit(self) -> dict[str, Any]:
         self._begin_write()
         for table in (self.chunks, self.documents):
-            if table.stats()["fragment_stats"]["num_small_fragments"] > 16:
+            if table.stats()["fragment_stats"]["num_small_fragments"] > 16:  # type: ignore[index]
                 table.compact_files()  # many small appends slow scans down
         store_id = self.lance_dir.removeprefix("lance-")
         name = f"keywords-{store_id}-v{self.chunks.version}-{self.documents.version}"

@@ -1,1 +1,12 @@
-"""tune stage."""
+"""True fine-tuning: data formats and validation, the training recipe, LoRA, checkpoints, diffs.
+
+* :mod:`ragtune.tune.data` — chat / prompt-completion / text formats, OpenAI-style checks,
+  tokenization in the inference layout.
+* :mod:`ragtune.tune.loop` — :func:`~ragtune.tune.loop.train`, the whole run in one function.
+* :mod:`ragtune.tune.loss` — cross-entropy on labelled positions only, chunked over the vocabulary.
+* :mod:`ragtune.tune.hparams` — ``auto`` epochs, batch size and learning rate; the schedule.
+* :mod:`ragtune.tune.batching`, :mod:`~ragtune.tune.lora`, :mod:`~ragtune.tune.checkpoint`,
+  :mod:`~ragtune.tune.events`, :mod:`~ragtune.tune.distributed` — the building blocks.
+* :mod:`ragtune.tune.diff` — how much each module's weights changed.
+* :mod:`ragtune.tune.validate` — the ``ragtune validate`` report.
+"""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,6 +62,15 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
 def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
     """True on every rank when it is True on any: ranks stop at the same step."""
     return all_reduce_sum([1.0 if flag else 0.0], device, info)[0] > 0
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(info: DistInfo) -> None:

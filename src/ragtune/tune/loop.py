@@ -31,6 +31,7 @@ from ragtune.tune.batching import collate, length_grouped_batches, micro_batches
 from ragtune.tune.data import DataFormat, TokenSequence, encode, load_data, require_valid
 from ragtune.tune.distributed import (
     DistInfo,
+    all_gather_objects,
     all_reduce_sum,
     any_rank,
     barrier,
@@ -194,9 +195,11 @@ def train(
             "created_at": _now(),
         }
         state = _open_run_dir(run_dir, manifest, resume)
+        barrier(dist)  # every rank has looked at the folder before rank 0 writes to it
         events = EventLog(run_dir / "events.jsonl", enabled=dist.is_main)
         if dist.is_main:
             if state is None:
+                events.drop_after(0)  # a --resume that found no checkpoint starts over
                 events.message(f"Fine-tuning {method} of {base_path.name} on {train_data.path}")
                 for i in truncated[:20]:
                     src, line = train_data.origins[i]
@@ -240,7 +243,8 @@ def train(
                     p.copy_(state["trainable"][name])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            ckpt.set_rng_state(state["rng"])
+            rngs = state["rng"]  # one per rank (dropout draws differ between ranks)
+            ckpt.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0])
             step, epoch0, batch0 = state["step"], state["epoch"], state["batch"]
             counters.update(state["counters"])
             last.update(state["last"])
@@ -260,7 +264,7 @@ def train(
                 "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
+                "rng": all_gather_objects(ckpt.rng_state(), dist),
                 "counters": {**counters, "wall_time_s": counters["wall_time_s"] + session_s()},
                 "last": last,
             }

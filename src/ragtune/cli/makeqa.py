@@ -1,0 +1,87 @@
+"""``ragtune make-qa``: documents -> checked question/answer training examples."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+from pathlib import Path
+
+from ragtune.cli.common import console, print_json
+from ragtune.errors import RagtuneError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-qa",
+        help="turn documents into question/answer training examples with paraphrases",
+        description="Generate question/answer pairs from documents, drop those whose answer "
+        "is not in the source text, and add paraphrased questions (OpenAI chat JSONL).",
+    )
+    p.add_argument("docs", nargs="+", type=Path, metavar="DOCS")
+    p.add_argument("--out", type=Path, required=True, help="training JSONL to write")
+    p.add_argument("--base", default="default", help="local generator model (default Gemma)")
+    p.add_argument("--generator-url", help="OpenAI-compatible endpoint, e.g. http://host/v1")
+    p.add_argument("--generator-model", default="default", help="model name at the endpoint")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the API key")
+    p.add_argument("--paraphrases", type=int, default=2, help="paraphrases per question")
+    p.add_argument("--max-pairs", type=int, help="stop after this many kept pairs")
+    p.add_argument("--system", help="system message for every example")
+    p.add_argument("--seed", type=int, default=0, help="order in which passages are used")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_make_qa)
+
+
+def cmd_make_qa(args: argparse.Namespace) -> int:
+    from ragtune.ingest.loaders import SkipFile, discover, load_file
+    from ragtune.tune.makeqa import EndpointQAWriter, LocalQAWriter, QAWriter, make_qa, to_examples
+
+    if args.paraphrases < 0:
+        raise RagtuneError("--paraphrases must be 0 or more")
+    texts: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for file, root in discover(args.docs):
+        try:
+            loaded = load_file(file, root)
+        except SkipFile as e:
+            skipped.append((str(file), e.reason))
+            continue
+        skipped.extend(loaded.skipped)
+        texts.extend((d.title, d.text) for d in loaded.documents)
+    if not texts:
+        raise RagtuneError("No readable documents", "pass .txt, .md, .html, .pdf files or folders")
+    random.Random(args.seed).shuffle(texts)
+    writer: QAWriter
+    if args.generator_url:
+        writer = EndpointQAWriter(
+            args.generator_url, args.generator_model, os.environ.get(args.api_key_env, "")
+        )
+    else:
+        from ragtune.generate.engine import Generator
+
+        writer = LocalQAWriter(Generator.load(args.base, device=args.device))
+    pairs, report = make_qa(texts, writer, paraphrases=args.paraphrases, max_pairs=args.max_pairs)
+    report.skipped_files = skipped
+    records = to_examples(pairs, system=args.system)
+    if not records:
+        raise RagtuneError(
+            f"No usable pairs: {report.generated} generated, {report.dropped_unsupported} "
+            f"unsupported by their passage, {report.dropped_malformed} malformed",
+            "try a stronger generator with --generator-url",
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, args.out)
+    if args.json:
+        print_json({"out": str(args.out), **dataclasses.asdict(report)})
+        return 0
+    console().print(
+        f"{report.examples} examples ({report.kept} pairs + {report.paraphrases} paraphrases) "
+        f"from {report.passages} passages -> {args.out}; dropped {report.dropped_unsupported} "
+        f"unsupported by their source and {report.dropped_malformed} malformed"
+    )
+    return 0

@@ -1,0 +1,421 @@
+"""From documents to training examples: question/answer pairs plus paraphrases.
+
+Ovadia et al. 2023 ("Fine-Tuning or Retrieval?") found that fine-tuning only absorbs a
+fact when it sees the fact in several phrasings, so every kept question comes with
+paraphrases. Pairs come from a pluggable writer — the local base model prompted
+few-shot (default), or any OpenAI-compatible chat endpoint — and every answer is checked
+against the passage it came from: an answer whose words are not all in the passage is
+dropped and counted, as are malformed or trivial pairs (the answer inside the question).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ragtune.errors import RagtuneError
+from ragtune.evaluate.metrics import answer_support, normalize_answer, token_f1
+from ragtune.generate.engine import Generator
+
+MAX_ANSWER_WORDS = 12
+
+# Different demonstrations per paraphrase slot give different rewrites with greedy decoding.
+PARAPHRASE_SHOTS = (
+    (
+        ("When was the Eiffel Tower completed?", "In what year was the Eiffel Tower finished?"),
+        ("Where was Marie Curie born?", "What is the birthplace of Marie Curie?"),
+    ),
+    (
+        ("When was the Eiffel Tower completed?", "The Eiffel Tower was completed in which year?"),
+        ("Where was Marie Curie born?", "Marie Curie was born in which city?"),
+    ),
+    (
+        (
+            "When was the Eiffel Tower completed?",
+            "What year saw the completion of the Eiffel Tower?",
+        ),
+        ("Where was Marie Curie born?", "In which city did Marie Curie come into the world?"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A generated pair; ``intended`` is the answer the question was written for, if any."""
+
+    question: str
+    answer: str
+    intended: str | None = None
+
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    answer: str
+    passage: str
+    paraphrases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MakeQAReport:
+    passages: int = 0
+    generated: int = 0
+    kept: int = 0
+    dropped_unsupported: int = 0
+    dropped_inconsistent: int = 0
+    dropped_malformed: int = 0
+    paraphrases: int = 0
+    examples: int = 0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+class QAWriter(Protocol):
+    """Writes (question, answer) candidates for each passage, and paraphrases of questions."""
+
+    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]: ...
+
+    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]: ...
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def names(passage: str) -> set[str]:
+    """Names and numbers of a passage: capitalised words not opening a sentence, and digits."""
+    out = set()
+    for m in re.finditer(r"(?<![.!?:]\s)(?<!^)\b([A-Z][\w-]+|\d[\d,.]*)", passage):
+        out.add(normalize_answer(m.group(1)))
+    return {n for n in out if n}
+
+
+def check_pair(question: str, answer: str, passage: str) -> str | None:
+    """Why a generated pair is rejected (``"unsupported"`` / ``"malformed"``), or None.
+
+    Kept pairs end with "?", have a short answer whose every word is in the passage, do
+    not contain their answer, and name something the passage names (so the question still
+    makes sense without the passage: "When was Zorbland founded?", not "When was it?").
+    """
+    q, a = question.strip(), answer.strip()
+    if not q.endswith("?") or len(q) < 8 or not a or len(a.split()) > MAX_ANSWER_WORDS:
+        return "malformed"
+    na = normalize_answer(a)
+    if not na or na in normalize_answer(q):
+        return "malformed"  # empty after normalisation, or answered by the question itself
+    if answer_support(a, passage) < 1.0:
+        return "unsupported"  # some answer word is not in the source passage
+    passage_names = names(passage)
+    if passage_names and not passage_names & set(normalize_answer(q).split()):
+        return "malformed"  # a context-free question ("What does the company make?")
+    return None
+
+
+def check_paraphrase(original: str, paraphrase: str) -> bool:
+    """A usable paraphrase: a different question that keeps some of the original's words."""
+    p = paraphrase.strip()
+    if not p.endswith("?") or normalize_answer(p) == normalize_answer(original):
+        return False
+    words = set(normalize_answer(original).split())
+    return bool(words) and answer_support(p, original) >= 0.3 and len(p) < 3 * len(original) + 20
+
+
+# --- the local base model ------------------------------------------------------------------
+
+CLOZE_SHOTS = (
+    ("The Eiffel Tower was completed in ___.", "When was the Eiffel Tower completed?"),
+    ("Marie Curie was born in ___.", "Where was Marie Curie born?"),
+    ("The Golden Gate Bridge was designed by ___.", "Who designed the Golden Gate Bridge?"),
+    (
+        "Lake Baikal holds ___ of the world's fresh surface water.",
+        "How much of the world's fresh surface water does Lake Baikal hold?",
+    ),
+)
+READ_SHOTS = (
+    (
+        "The Eiffel Tower was completed in 1889 and is 330 metres tall.",
+        "When was the Eiffel Tower completed?",
+        "1889",
+    ),
+    (
+        "Marie Curie was born in Warsaw and later moved to Paris to study physics.",
+        "Where was Marie Curie born?",
+        "Warsaw",
+    ),
+)
+
+
+def answer_spans(sentence: str, title: str = "", limit: int = 3) -> list[str]:
+    """Answer candidates in a sentence: numbers and names (runs of capitalised words),
+    leaving out the title it is about and a capitalised sentence opener."""
+    spans: list[str] = []
+    pattern = r"\b\d[\d,.]*%?|\b[A-Z][\w-]+(?:\s+(?:of\s+|the\s+)?[A-Z][\w-]+)*"
+    for m in re.finditer(pattern, sentence):
+        span = m.group(0).rstrip(".,")
+        if m.start() == 0 and " " not in span and not span[0].isdigit():
+            continue  # a capitalised first word is usually not a name
+        if normalize_answer(span) in normalize_answer(title) or span in spans:
+            continue
+        spans.append(span)
+    return spans[:limit]
+
+
+def resolve_pronoun(sentence: str, title: str) -> str:
+    """Replace a sentence-opening It/He/She/They (or Its/His/Her/Their) with the title, so a
+    sentence makes sense alone."""
+    if not title:
+        return sentence
+    m = re.match(r"(It|He|She|They)\b|(Its|His|Her|Their)\b", sentence)
+    if not m:
+        return sentence
+    return (title if m.group(1) else f"{title}'s") + sentence[m.end() :]
+
+
+def clause_with(sentence: str, span: str) -> str:
+    """The clause of ``sentence`` (split at ', and' / ';') that holds ``span``."""
+    for clause in re.split(r",\s+and\s+|;\s+", sentence):
+        if span in clause and len(clause.split()) >= 4:
+            return clause.strip().rstrip(".") + "."
+    return sentence
+
+
+@dataclass
+class LocalQAWriter:
+    """A pretrained model prompted few-shot, answer first (answer-aware question generation
+    with round-trip filtering, Alberti et al. 2019): names and numbers in a sentence are
+    the answers; the model turns the sentence with the answer blanked out into a question,
+    then answers that question from the sentence. The round-trip answer is what is kept,
+    and it must agree with the blanked-out span."""
+
+    generator: Generator
+    batch_size: int = 16
+    progress: Callable[[int], None] | None = None
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        gens = self.generator.generate(
+            prompts,
+            max_new_tokens=40,
+            stop=("\n",),
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        return [g.text.strip() for g in gens]
+
+    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
+        jobs = []  # (passage index, sentence, span)
+        for i, passage in enumerate(passages):
+            title, body = _split_title(passage)
+            for sentence in re.split(r"(?<=[.!?])\s+", body):
+                sentence = resolve_pronoun(sentence.strip(), title)
+                jobs += [(i, sentence, span) for span in answer_spans(sentence, title)]
+        write = "".join(f"Statement: {s}\nQuestion: {q}\n\n" for s, q in CLOZE_SHOTS)
+        questions = self._generate(
+            [
+                "Turn each statement into a question about the blank.\n\n"
+                f"{write}Statement: {clause_with(sentence, span).replace(span, '___', 1)}\n"
+                "Question:"
+                for _, sentence, span in jobs
+            ]
+        )
+        read = "".join(f"Text: {t}\nQuestion: {q}\nAnswer: {a}\n\n" for t, q, a in READ_SHOTS)
+        answers = self._generate(
+            [
+                f"{read}Text: {sentence}\nQuestion: {q}\nAnswer:"
+                for (_, sentence, _), q in zip(jobs, questions, strict=True)
+            ]
+        )
+        out: list[list[Candidate]] = [[] for _ in passages]
+        for (i, _, span), q, a in zip(jobs, questions, answers, strict=True):
+            out[i].append(Candidate(q, a, intended=span))
+        return out
+
+    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in questions]
+        for slot in range(n):
+            shots = PARAPHRASE_SHOTS[slot % len(PARAPHRASE_SHOTS)]
+            demo = "".join(f"Question: {q}\nRewrite: {r}\n\n" for q, r in shots)
+            rewrites = self._generate(
+                [
+                    f"Rewrite each question in other words.\n\n{demo}Question: {q}\nRewrite:"
+                    for q in questions
+                ]
+            )
+            for i, r in enumerate(rewrites):
+                out[i].append(r)
+        return out
+
+
+def _split_title(passage: str) -> tuple[str, str]:
+    if passage.startswith("About ") and ": " in passage:
+        title, body = passage[len("About ") :].split(": ", 1)
+        return title, body
+    return "", passage
+
+
+# --- an OpenAI-compatible endpoint ---------------------------------------------------------
+
+
+@dataclass
+class EndpointQAWriter:
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (including ragtune's own)."""
+
+    url: str
+    model: str
+    api_key: str = ""
+    timeout: float = 120.0
+
+    def _chat(self, content: str) -> str:
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": content}],
+                "temperature": 0,
+            }
+        ).encode()
+        request = urllib.request.Request(
+            self.url.rstrip("/") + "/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
+            raise RagtuneError(
+                f"The generator endpoint {self.url} failed: {e}",
+                "check --generator-url (it should end in /v1) and --generator-model",
+            ) from None
+        try:
+            return str(data["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError):
+            raise RagtuneError(f"Unexpected reply from {self.url}: {str(data)[:200]}") from None
+
+    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
+        out: list[list[Candidate]] = []
+        for p in passages:
+            reply = self._chat(
+                "Write up to three questions that the passage below answers, each naming "
+                "what it is about, with answers copied word for word from the passage. Reply "
+                'with only a JSON list like [{"question": "...", "answer": "..."}]\n\n'
+                f"Passage: {p}"
+            )
+            items = _json_in(reply, list) or []
+            out.append(
+                [
+                    Candidate(str(x["question"]), str(x["answer"]))
+                    for x in items
+                    if isinstance(x, dict) and x.get("question") and x.get("answer")
+                ]
+            )
+        return out
+
+    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]:
+        out = []
+        for q in questions:
+            reply = self._chat(
+                f"Rewrite this question in {n} different ways, keeping its meaning. Reply with "
+                f"only a JSON list of strings.\n\nQuestion: {q}"
+            )
+            items = _json_in(reply, list)
+            out.append([str(x) for x in (items or [])][:n])
+        return out
+
+
+def _json_in(text: str, kind: type = dict) -> Any:
+    """The first JSON value of ``kind`` in ``text`` (models like to wrap JSON in prose)."""
+    opener = "{" if kind is dict else "["
+    for i, ch in enumerate(text):
+        if ch == opener:
+            try:
+                value, _ = json.JSONDecoder().raw_decode(text[i:])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, kind):
+                return value
+    return None
+
+
+# --- the recipe -----------------------------------------------------------------------------
+
+
+def split_passages(text: str, title: str = "", max_chars: int = 200) -> list[str]:
+    """Short passages of whole sentences, each led by the document's title (a small model
+    writes better questions about a sentence or two than about a page, and the title
+    lets it name what "it" is)."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n\n+", text) if s.strip()]
+    passages, current = [], ""
+    for s in sentences:
+        if s.startswith("#"):
+            continue  # a heading: the title leads every passage anyway
+        if current and len(current) + len(s) + 1 > max_chars:
+            passages.append(current)
+            current = s
+        else:
+            current = f"{current} {s}".strip()
+    if current:
+        passages.append(current)
+    lead = f"About {title}: " if title else ""
+    return [lead + p for p in passages if len(p.split()) >= 5]
+
+
+def make_qa(
+    documents: Sequence[tuple[str, str]],
+    writer: QAWriter,
+    paraphrases: int = 2,
+    max_pairs: int | None = None,
+) -> tuple[list[QAPair], MakeQAReport]:
+    """Question/answer pairs from ``(title, text)`` documents, checked against their
+    passages, each with paraphrases."""
+    report = MakeQAReport()
+    passages = [p for title, text in documents for p in split_passages(text, title)]
+    if max_pairs is not None:
+        passages = passages[: max(0, max_pairs * 2)]  # some candidates will be dropped
+    report.passages = len(passages)
+    kept: list[tuple[str, str, str]] = []
+    for passage, candidates in zip(passages, writer.pairs(passages), strict=True):
+        for c in candidates:
+            report.generated += 1
+            why = check_pair(c.question, c.answer, passage)
+            if why == "unsupported":
+                report.dropped_unsupported += 1
+            elif why == "malformed":
+                report.dropped_malformed += 1
+            elif c.intended is not None and token_f1(c.answer, [c.intended]) < 0.5:
+                report.dropped_inconsistent += 1  # the model's own answer disagrees
+            elif all(normalize_answer(c.question) != normalize_answer(k[0]) for k in kept):
+                kept.append((c.question, c.answer, passage))
+    if max_pairs is not None:
+        kept = kept[:max_pairs]
+    report.kept = len(kept)
+    rewrites = writer.paraphrases([q for q, _, _ in kept], paraphrases) if paraphrases else []
+    pairs = []
+    for i, (q, a, passage) in enumerate(kept):
+        alts: list[str] = []
+        for p in rewrites[i] if rewrites else []:
+            if check_paraphrase(q, p) and all(
+                normalize_answer(p) != normalize_answer(x) for x in alts
+            ):
+                alts.append(p.strip())
+        report.paraphrases += len(alts)
+        pairs.append(QAPair(q, a, passage, alts))
+    report.examples = sum(1 + len(p.paraphrases) for p in pairs)
+    return pairs, report
+
+
+def to_examples(pairs: Sequence[QAPair], system: str | None = None) -> list[dict[str, Any]]:
+    """OpenAI chat fine-tuning records: one per question and per paraphrase."""
+    records = []
+    for pair in pairs:
+        for q in [pair.question, *pair.paraphrases]:
+            messages = [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": pair.answer},
+            ]
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
+            records.append({"messages": messages})
+    return records

@@ -1,0 +1,75 @@
+"""Helpers for the fine-tuning tests: small chat data sets written as JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Five short facts the tiny model can memorise (distinct questions and answers).
+FACTS = [
+    ("Who founded Zorbland?", "Mira Quell"),
+    ("What is the capital of Zorbland?", "Vetrin"),
+    ("When was Zorbland founded?", "1887"),
+    ("What color is the sea?", "blue"),
+    ("What jumps over the lazy dog?", "the quick brown fox"),
+]
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def chat_row(question: str, answer: str, system: str | None = None) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages}
+
+
+@pytest.fixture
+def facts_file(tmp_path: Path) -> Path:
+    """The five facts, twice each (10 examples: OpenAI's minimum)."""
+    return write_jsonl(tmp_path / "facts.jsonl", [chat_row(q, a) for q, a in FACTS * 2])
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny models train fastest on one thread (and steadily so on a shared machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    from ragtune.tune.events import read_events
+
+    return [
+        e
+        for e in read_events(run_dir / "events.jsonl")
+        if e["type"] == "metrics" and "train_loss" in e
+    ]
+
+
+def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 12) -> str:
+    """Greedy continuation of the inference prompt for ``question``, stripped."""
+    import torch
+
+    from ragtune.generate.prompts import chat_prompt
+    from ragtune.types import Message
+
+    prompt = chat_prompt([Message("user", question)], tokenizer)
+    enc = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return str(tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)).strip()
