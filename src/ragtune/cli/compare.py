@@ -57,6 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--gen-batch-size", type=int, default=16, help="prompts per forward pass")
     p.add_argument("--max-questions", type=int, help="score a seeded random subset")
+    p.add_argument("--embedder", help="embedder folder for the knowledge base (default MiniLM)")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend")
     p.add_argument("--chunk-tokens", type=int)
     p.add_argument("--chunk-overlap", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -99,6 +101,8 @@ def _settings(args: argparse.Namespace) -> object:
         device=args.device,
         chunk_tokens=args.chunk_tokens,
         chunk_overlap=args.chunk_overlap,
+        embedder=args.embedder,
+        backend=args.backend,
     )
 
 

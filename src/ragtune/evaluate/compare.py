@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragtune import __version__
-from ragtune.config import kb_path
+from ragtune.config import EmbedBackend, kb_path
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.arm import ArmSpec
 from ragtune.evaluate.formats import FormatSpec
@@ -83,6 +83,8 @@ class CompareSettings:
     device: str = "auto"
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    embedder: str | None = None  # None: the default embedder
+    backend: EmbedBackend | None = None
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -344,11 +346,14 @@ def run_compare(
             kb_name,
             rebuild=True,
             device=settings.device,
+            embedder=settings.embedder,
+            backend=settings.backend,
             chunk_tokens=settings.chunk_tokens,
             chunk_overlap=settings.chunk_overlap,
         )
         times["rag_prep_s"] = report.seconds
         times["rag_chunks"] = report.chunks
+        times["rag_mb"] = _folder_mb(kb_path(kb_name))
         _write_json(state / "prep.json", times)
 
     if rag_arms:
@@ -364,6 +369,9 @@ def run_compare(
             say,
         )
         times["ft_prep_s"] = time.perf_counter() - t0
+        # What a user keeps: the LoRA adapter, or the whole model after full fine-tuning.
+        adapter = run_dir / "adapter"
+        times["ft_mb"] = _folder_mb(adapter if adapter.exists() else run_dir / "merged")
         _write_json(state / "prep.json", times)
 
     # 4. Answer the test questions in every arm (each in its own process).
@@ -418,14 +426,13 @@ def run_compare(
         prep, mem, size, trained = 0.0, r["peak_rss_mb"], 0.0, 0
         if arm in ("rag", "ft_rag"):
             prep += times["rag_prep_s"]
-            size += _folder_mb(kb_path(kb_name))
+            size += times["rag_mb"]
         if arm in ("ft", "ft_rag"):
             prep += times["ft_prep_s"]
-            trained = int((manifest or {}).get("tokens_trained", 0))
-            mem = max(mem, float((manifest or {}).get("peak_memory_mb", 0.0)))
-            size += _folder_mb(run_dir / "adapter") if (run_dir / "adapter").exists() else 0.0
-            if not (run_dir / "adapter").exists():
-                size += _folder_mb(run_dir / "merged")
+            run = (manifest or {}).get("result", {})
+            trained = int(run.get("trained_tokens", 0))
+            mem = max(mem, float(run.get("peak_memory_bytes", 0)) / 2**20)
+            size += times["ft_mb"]
         m.update(prep_s=prep, peak_memory_mb=mem, artefact_mb=size, tokens_trained=trained)
         arms_out[arm] = m
 
@@ -454,7 +461,7 @@ def run_compare(
         "significance": significance(scored, settings.seed),
         "training": _training_curves(run_dir, manifest) if ft_arms else None,
         "freshness": fresh,
-        "diff": _diff_summary(settings.arms, run_dir, state, say),
+        "diff": _diff_summary(settings.arms, run_dir, state),
         "questions": [
             {
                 "qid": q.qid,
@@ -574,30 +581,35 @@ def _training_curves(run_dir: Path, manifest: dict[str, Any] | None) -> dict[str
                 if e.get("valid_loss") is not None:
                     valid.append([e["step"], e["valid_loss"]])
     m = manifest or {}
+    run = m.get("result", {})
     return {
-        "method": (m.get("hyperparameters") or {}).get("method"),
+        "method": m.get("method"),
         "loss_curve": train,
         "valid_curve": valid,
-        "tokens_trained": m.get("tokens_trained"),
-        "tokens_per_s": m.get("tokens_per_s"),
+        "tokens_trained": run.get("trained_tokens"),
+        "tokens_per_s": run.get("tokens_per_s"),
+        "wall_time_s": run.get("wall_time_s"),
         "hyperparameters": m.get("hyperparameters"),
     }
 
 
-def _diff_summary(arms: Sequence[str], run_dir: Path, state: Path, say: Say) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _diff_summary(arms: Sequence[str], run_dir: Path, state: Path) -> dict[str, Any]:
+    """Weight change of each arm's model against the base (None: weights untouched)."""
+    from ragtune.tune.diff import weight_diff
+
     diff = _read_json(state / "diff.json")
     if diff is None and any(a in ("ft", "ft_rag") for a in arms):
-        proc = _ragtune(["diff", str(run_dir), "--json"], say)
-        diff = json.loads(proc.stdout)
+        diff = weight_diff(run_dir).to_dict()
         _write_json(state / "diff.json", diff)
+    out: dict[str, Any] = {}
     for arm in arms:
         if arm in ("ft", "ft_rag") and diff is not None:
-            modules = diff.get("modules", [])
-            top = sorted(modules, key=lambda m: -m["relative_change"])[:5]
+            top = sorted(diff["modules"], key=lambda m: -m["relative_change"])[:5]
             out[arm] = {
-                "total": diff["total_relative_change"],
-                "top": [[m["name"], m["relative_change"]] for m in top],
+                "total": diff["total"]["relative_change"],
+                "changed_params": diff["total"]["changed_params"],
+                "params": diff["total"]["params"],
+                "top": [[m["module"], m["relative_change"]] for m in top],
             }
         else:
             out[arm] = None

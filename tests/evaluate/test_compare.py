@@ -1,0 +1,151 @@
+"""The comparison recipe end to end with tiny models, and its scoring pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragtune.errors import RagtuneError
+from ragtune.evaluate.compare import (
+    CompareSettings,
+    aggregate,
+    match_doc_id,
+    run_compare,
+    score_answer,
+    significance,
+)
+from ragtune.evaluate.formats import parse_format_spec
+from ragtune.evaluate.questions import Question
+from ragtune.evaluate.world import make_world, write_world
+
+
+def hit(doc: str, text: str) -> dict[str, object]:
+    return {"chunk": {"doc_id": doc, "text": text, "chunk_id": f"{doc}#0"}}
+
+
+def test_score_answer_for_a_rag_arm() -> None:
+    q = Question("1", "When was Zorbland founded?", ["1887"], ["docs/z.md"])
+    cite = {
+        "doc_id": "docs/z.md",
+        "text": "Zorbland was founded in 1887.",
+        "chunk_id": "docs/z.md#0",
+    }
+    answer = {
+        "answer": "in 1887 [1]",
+        "hits": [hit("docs/z.md", "Zorbland was founded in 1887."), hit("docs/y.md", "Other.")],
+        "citations": [cite],
+    }
+    r = score_answer(q, answer, None, rag=True)
+    assert (r["pred"], r["em"], r["contains"], r["recall"], r["citation_correct"]) == (
+        "in 1887",
+        0.0,
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert r["f1"] == pytest.approx(2 / 3)  # {in, 1887} vs {1887}
+    assert r["grounded"] == 1.0  # "in" and "1887" both occur in the context
+    closed = score_answer(q, {"answer": "1887"}, None, rag=False)
+    assert closed["em"] == 1.0 and "recall" not in closed and "grounded" not in closed
+
+
+def test_score_answer_with_a_format() -> None:
+    fmt = parse_format_spec("json")
+    q = Question("1", "q", ["Paris"])
+    r = score_answer(q, {"answer": '{"answer": "Paris"}'}, fmt, rag=False)
+    assert (r["pred"], r["em"], r["format_ok"]) == ("Paris", 1.0, 1.0)
+    r = score_answer(q, {"answer": "Paris"}, fmt, rag=False)
+    assert (r["em"], r["format_ok"]) == (1.0, 0.0)
+
+
+def test_aggregate_and_significance() -> None:
+    a = [{"em": 1.0, "f1": 1.0, "contains": 1.0}] * 6 + [{"em": 0.0, "f1": 0.0, "contains": 0.0}]
+    b = [{"em": 0.0, "f1": 0.0, "contains": 0.0}] * 7
+    m = aggregate(a, seed=0)
+    assert m["n"] == 7 and m["em"] == pytest.approx(6 / 7) and m["recall_at_k"] is None
+    tests = significance({"a": a, "b": b}, seed=0)
+    mc = next(t for t in tests if t["metric"] == "contains")
+    assert mc["p"] == pytest.approx(2 / 64) and mc["diff"] == pytest.approx(6 / 7)  # 6 vs 0
+
+
+def test_match_doc_id() -> None:
+    ids = {"docs/orgs/a.md", "docs/b.txt", "squad/123.txt"}
+    assert match_doc_id("docs/b.txt", ids) == "docs/b.txt"
+    assert match_doc_id("orgs/a.md", ids) == "docs/orgs/a.md"
+    assert match_doc_id("123", ids) == "squad/123.txt"
+    assert match_doc_id("zzz", ids) is None
+
+
+@pytest.fixture(scope="module")
+def world_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    world = make_world(seed=1, n_orgs=1, n_people=2, n_places=1)
+    return write_world(
+        world, tmp_path_factory.mktemp("world"), answer_format='{"answer": "{answer}"}'
+    )
+
+
+def test_compare_end_to_end(
+    world_files: dict[str, Path], tmp_path: Path, tiny_lm: Path, tiny_embedder: Path
+) -> None:
+    settings = CompareSettings(
+        model=str(tiny_lm),
+        embedder=str(tiny_embedder),
+        backend="torch",
+        epochs="1",
+        max_new_tokens=6,
+        freshness=1,
+        device="cpu",
+    )
+    out = tmp_path / "report"
+    fmt = parse_format_spec("json")
+    results = run_compare(world_files["questions"], out, settings, docs=[world_files["docs"]],
+                          train_path=world_files["train"], fmt=fmt)  # fmt: skip
+    assert results["schema"] == 1
+    assert list(results["arms"]) == ["base", "rag", "ft", "ft_rag"]
+    n = len(results["questions"])
+    assert n == 1 * 5 + 2 * 4 + 1 * 3
+    for arm, m in results["arms"].items():
+        assert m["n"] == n
+        for key in ("em", "f1", "f1_ci", "contains", "format_ok", "latency_p50_s", "prep_s"):
+            assert m[key] is not None, (arm, key)
+        rag = arm in ("rag", "ft_rag")
+        assert (m["recall_at_k"] is not None) == rag and (m["grounded"] is not None) == rag
+    assert results["arms"]["rag"]["recall_at_k"] > 0  # gold doc ids were matched to the KB's
+    assert results["diff"]["rag"] is None and results["diff"]["base"] is None
+    assert results["diff"]["ft"]["total"] > 0
+    assert results["arms"]["ft"]["tokens_trained"] > 0
+    fresh = results["freshness"]
+    assert fresh["n"] == 1 and set(fresh["arms"]) == {"rag", "ft", "ft_rag"}
+    assert fresh["arms"]["ft"]["retrain_s"] > 0
+    assert results["verdict"]["knowledge"] and results["verdict"]["behaviour"]
+    assert (out / "index.html").exists() and (out / "summary.md").exists()
+    q = results["questions"][0]
+    assert set(q["arms"]) == {"base", "rag", "ft", "ft_rag"}
+
+    # Resuming does no work again: every arm's saved answers are reused as they are.
+    saved = {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("arm-*.json")}
+    again = run_compare(world_files["questions"], out, settings, docs=[world_files["docs"]],
+                        train_path=world_files["train"], fmt=fmt)  # fmt: skip
+    assert again["arms"] == results["arms"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("arm-*.json")} == saved
+
+    with pytest.raises(RagtuneError, match="different settings"):
+        run_compare(world_files["questions"], out, CompareSettings(model=str(tiny_lm), k=5),
+                    docs=[world_files["docs"]], train_path=world_files["train"])  # fmt: skip
+
+
+def test_compare_refuses_leaked_test_questions(
+    world_files: dict[str, Path], tmp_path: Path, tiny_lm: Path
+) -> None:
+    leaky = tmp_path / "train.jsonl"
+    lines = world_files["train"].read_text().splitlines()
+    first_test = json.loads(world_files["questions"].read_text().splitlines()[0])["question"]
+    bad = {
+        "messages": [{"role": "user", "content": first_test}, {"role": "assistant", "content": "x"}]
+    }
+    leaky.write_text("\n".join([*lines, json.dumps(bad)]) + "\n")
+    with pytest.raises(RagtuneError, match="appear in the training data"):
+        run_compare(world_files["questions"], tmp_path / "r", CompareSettings(model=str(tiny_lm),
+                    arms=("base", "ft")), docs=[world_files["docs"]], train_path=leaky)  # fmt: skip
