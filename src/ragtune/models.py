@@ -55,6 +55,32 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16
+    matrix products run several times faster than fp32 ones."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """``float32``, ``bfloat16``, or ``auto``: bfloat16 where the hardware has it natively
+    (CUDA with bf16 support, or a CPU with AVX512-BF16/AMX), float32 elsewhere."""
+    import torch
+
+    if requested == "float32":
+        return torch.float32
+    if requested == "bfloat16":
+        return torch.bfloat16
+    if requested != "auto":
+        raise RagtuneError(f"Unknown dtype {requested!r}", "use auto, float32 or bfloat16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,18 +182,19 @@ def resolve_lm(name_or_path: str | os.PathLike[str] | None) -> Path:
 def load_lm(
     name_or_path: str | os.PathLike[str] | None = "default",
     device: str = "auto",
-    dtype: torch.dtype | None = None,
+    dtype: str = "float32",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer in eval mode on ``device``."""
-    import torch
+    """Load a causal LM and its tokenizer in eval mode on ``device`` (``dtype``: see
+    :func:`pick_dtype`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_lm(name_or_path)
     dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype or torch.float32, attn_implementation="sdpa"
+            str(path), dtype=torch_dtype, attn_implementation="sdpa"
         )
     except (OSError, ValueError) as e:
         raise RagtuneError(f"Could not load a causal LM from {path}: {e}") from None

@@ -59,3 +59,17 @@ def test_cut_at_stop() -> None:
 def test_prompt_longer_than_the_context_is_refused(generator: Generator) -> None:
     with pytest.raises(RagtuneError, match="exceeds the model's context"):
         generator.generate(["word " * 3000], max_new_tokens=4)
+
+
+def test_matches_transformers_generate(generator: Generator) -> None:
+    """Parity with the reference implementation: HF greedy generate, one prompt at a time."""
+    import torch
+
+    tok, model = generator.tokenizer, generator.model
+    for prompt in PROMPTS:
+        ids = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            ref = model.generate(**ids, max_new_tokens=8, do_sample=False, eos_token_id=-1,
+                                 pad_token_id=tok.pad_token_id)  # fmt: skip
+        expected = tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert generator.generate([prompt], max_new_tokens=8, stop=())[0].text == expected.strip()

@@ -1,7 +1,7 @@
 """Knowledge really goes in: LoRA on Gemma 3 270M learns fictional facts and answers
 held-out paraphrased questions about them that the base model cannot answer.
 
-Slow (real model, ~2 minutes on a 2-core CPU): ``pytest -m integration``.
+Slow (real model, 1 min 40 s on a 2-core CPU): ``pytest -m integration``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,9 @@ FACTS = [
     ),
 ]
 HELD_OUT = [(answer, q) for answer, _, questions in FACTS for q in questions]
-MIN_MARGIN = 6  # of 12 held-out questions; measured margin: see the assertion message
+# Of 12 held-out questions. Measured: the base model answers 0; after training 9 (seed 0),
+# 8 and 9 (seeds 1 and 2). The assertion message shows both counts.
+MIN_MARGIN = 6
 
 
 def _correct(model_dir: Path | str) -> list[bool]:

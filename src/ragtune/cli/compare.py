@@ -63,6 +63,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-overlap", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="float32",
+        help="generation precision for every arm",
+    )
     p.add_argument("--json", action="store_true", help="print results.json's arm summary")
     p.set_defaults(func=cmd_compare)
 
@@ -99,6 +105,7 @@ def _settings(args: argparse.Namespace) -> object:
         freshness=args.freshness,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         chunk_tokens=args.chunk_tokens,
         chunk_overlap=args.chunk_overlap,
         embedder=args.embedder,

@@ -53,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--device", default=cfg.generate.device)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=cfg.generate.dtype)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
 
@@ -65,6 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
     p.add_argument("--device", default=cfg.generate.device)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=cfg.generate.dtype)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
@@ -168,7 +170,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         contexts = [kb.search(args.question, **search_kwargs(args))]
         timings["retrieve_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    generator = Generator.load(args.model, device=args.device)
+    generator = Generator.load(args.model, device=args.device, dtype=args.dtype)
     timings["load_model_s"] = time.perf_counter() - t1
     answer = answer_questions(
         [args.question],
@@ -222,7 +224,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ragtune.retrieve.kb import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb, device=args.device) if args.kb else None
-    generator = Generator.load(args.model, device=args.device)
+    generator = Generator.load(args.model, device=args.device, dtype=args.dtype)
     out = console()
     out.print(
         f"[dim]{generator.name} {'with ' + args.kb if kb else '(closed book)'}; "

@@ -6,12 +6,12 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from ragtune.cli.common import console, print_json
-from ragtune.errors import RagtuneError
 
 # Exit statuses of a run stopped by a signal: 128 + the signal number, as shells report it.
 EXIT_SIGINT = 130
@@ -96,7 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Relative change ||dW|| / ||W|| (Frobenius) per module between the base "
         "model and the fine-tuned (merged) weights, largest first, and over all parameters.",
     )
-    p.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder (or model folder)")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder (or a model: default, a folder)")
     p.add_argument("--base", help="model to compare with (default: the run's base model)")
     p.add_argument("--top", type=int, default=15, help="rows in the table")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -150,6 +150,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from ragtune.tune.loop import StepInfo, train
 
+    # PEFT calls a transformers method that warns about its own deprecation on every run.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     show = _is_main_rank()
     bar = Progress(
         TextColumn("training"),
@@ -299,8 +301,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     from ragtune.tune.diff import weight_diff
 
-    if not args.run.exists():
-        raise RagtuneError(f"Not found: {args.run}", "pass a run folder from ragtune tune")
     diff = weight_diff(args.run, args.base)
     if args.json:
         print_json(diff.to_dict())

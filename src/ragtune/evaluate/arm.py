@@ -34,6 +34,7 @@ class ArmSpec:
     instruction: str | None = None
     fewshot: list[tuple[str, str]] = field(default_factory=list)
     device: str = "auto"
+    dtype: str = "float32"
 
 
 def peak_rss_mb() -> float:
@@ -47,7 +48,7 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
     from ragtune.retrieve.kb import KnowledgeBase
 
     t0 = time.perf_counter()
-    generator = Generator.load(spec.model, device=spec.device)
+    generator = Generator.load(spec.model, device=spec.device, dtype=spec.dtype)
     contexts = None
     retrieve_s: list[float] = [0.0] * len(spec.questions)
     if spec.kb:

@@ -81,6 +81,7 @@ class CompareSettings:
     freshness: int = 0
     seed: int = 0
     device: str = "auto"
+    dtype: str = "float32"
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     embedder: str | None = None  # None: the default embedder
@@ -395,6 +396,7 @@ def run_compare(
                 if arm in ("rag", "ft_rag")
                 else instruction,
                 device=settings.device,
+                dtype=settings.dtype,
             )
             _run_arm_process(spec, path, state)
         results[arm] = _read_json(path)
@@ -684,6 +686,7 @@ def _freshness(
             if arm in ("rag", "ft_rag")
             else instruction,
             device=settings.device,
+            dtype=settings.dtype,
         )
         path = state / f"fresh-{arm}.json"
         if not path.exists():
@@ -773,6 +776,7 @@ def _retrain(
         batch_size=settings.batch_size,
         instruction=instruction,
         device=settings.device,
+        dtype=settings.dtype,
     )
     path = state / "fresh-ft-retrained.json"
     if not path.exists():

@@ -39,26 +39,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _stop_criteria(tokenizer: Any, stop: Sequence[str], width: int) -> Any:
-    """Per-row stopping once a row's new text contains a stop string.
-
-    transformers' own ``stop_strings`` pre-processes the whole vocabulary on every call
-    (seconds for a 262k vocabulary); decoding each row's few new tokens per step is cheap.
-    """
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    stops = [s for s in stop if s]
-
-    class _StopStrings(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-            new = tokenizer.batch_decode(input_ids[:, width:], skip_special_tokens=True)
-            done = [any(s in text for s in stops) for text in new]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_StopStrings()] if stops else [])
-
-
 class Generator:
     """Wraps a causal LM and its tokenizer. Build with :meth:`load` or from objects."""
 
@@ -71,10 +51,12 @@ class Generator:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def load(cls, name_or_path: str = "default", device: str = "auto") -> Generator:
+    def load(
+        cls, name_or_path: str = "default", device: str = "auto", dtype: str = "float32"
+    ) -> Generator:
         from ragtune.models import load_lm, resolve_lm
 
-        model, tokenizer = load_lm(name_or_path, device=device)
+        model, tokenizer = load_lm(name_or_path, device=device, dtype=dtype)
         return cls(model, tokenizer, name=str(resolve_lm(name_or_path)))
 
     @property
@@ -122,49 +104,81 @@ class Generator:
     def _generate_batch(
         self, batch: list[list[int]], max_new_tokens: int, stop: Sequence[str]
     ) -> list[Generation]:
+        """Greedy decoding of one left-padded batch with a KV cache.
+
+        Rows that finish (EOS or a stop string) leave the batch and the cache, so a batch
+        costs what its answers need rather than ``rows × longest answer``.
+        """
         import torch
+        from transformers import DynamicCache
 
         tok = self.tokenizer
         width = max(len(ids) for ids in batch)
-        pad = tok.pad_token_id
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        dev = self.device
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
         attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-        for row, ids in enumerate(batch):  # left padding
+        for row, ids in enumerate(batch):  # left padding: every row ends in the last column
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
-        eos = tok.eos_token_id
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at each row's start
+        input_ids, attention, positions = input_ids.to(dev), attention.to(dev), positions.to(dev)
+        stops = [s for s in stop if s]
+        rows = list(range(len(batch)))  # original index of each row still decoding
+        new: list[list[int]] = [[] for _ in batch]
+        finish: list[Finish] = ["length"] * len(batch)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                stopping_criteria=_stop_criteria(tok, stop, width),
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=1,
             )
+            next_pos = positions[:, -1] + 1  # (b,)
+            for step in range(max_new_tokens):
+                token = out.logits[:, -1].argmax(-1)  # (b,)
+                keep = []
+                for j, (r, t) in enumerate(zip(rows, token.tolist(), strict=True)):
+                    if t == eos:
+                        finish[r] = "eos"
+                        continue
+                    new[r].append(t)
+                    if stops and any(
+                        s in tok.decode(new[r], skip_special_tokens=True) for s in stops
+                    ):
+                        finish[r] = "stop"
+                        continue
+                    keep.append(j)
+                if not keep or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(rows):  # drop finished rows from the batch and the cache
+                    idx = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(idx)
+                    attention, next_pos, token = attention[idx], next_pos[idx], token[idx]
+                    rows = [rows[j] for j in keep]
+                attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+                out = self.model(
+                    input_ids=token[:, None],
+                    attention_mask=attention,
+                    position_ids=next_pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                next_pos = next_pos + 1
         seconds = time.perf_counter() - t0
-        new = out[:, width:].tolist()  # (B, N)
         gens = []
-        for ids, row in zip(batch, new, strict=True):
-            finish: Finish = "length"
-            if eos in row:
-                row = row[: row.index(eos)]
-                finish = "eos"
-            while row and row[-1] == pad:
-                row = row[:-1]
-            text, stopped = cut_at_stop(tok.decode(row, skip_special_tokens=True), stop)
-            if stopped:
-                finish = "stop"
+        for r, ids in enumerate(batch):
+            text, _ = cut_at_stop(tok.decode(new[r], skip_special_tokens=True), stops)
             gens.append(
                 Generation(
                     text=text.strip(),
                     prompt_tokens=len(ids),
-                    new_tokens=len(row),
-                    finish=finish,
+                    new_tokens=len(new[r]),
+                    finish=finish[r],
                     seconds=seconds,
                 )
             )

@@ -12,8 +12,9 @@ import json
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -35,12 +36,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file and ``os.replace``."""
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes to a file) to ``path`` through a
+    temporary file, fsync and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        if isinstance(data, bytes):
+            fh.write(data)
+        else:
+            data(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -68,13 +73,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = KEEP) -> Path:
     """Write ``folder/step-XXXXXXXX.pt`` atomically and delete all but the newest ``keep``."""
-    import io
-
     folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, buf)
     path = folder / f"step-{step:08d}.pt"
-    write_atomic(path, buf.getvalue())
+    payload = {"format_version": FORMAT_VERSION, "step": step, **state}
+    write_atomic(path, lambda fh: torch.save(payload, fh))  # streamed: no copy in memory
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path

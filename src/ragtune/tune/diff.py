@@ -121,9 +121,8 @@ def base_of_run(run_dir: Path) -> Path:
 
 def weight_diff(tuned: str | Path, base: str | Path | None = None) -> WeightDiff:
     """Compare ``tuned`` (a run folder or model folder) with ``base`` (default: the run's base)."""
-    tuned_path = Path(tuned).expanduser()
-    base_path = base_of_run(tuned_path) if base is None else resolve_lm(base)
-    tuned_model = resolve_lm(tuned_path)
+    tuned_model = resolve_lm(tuned)  # "default", a model folder, or a run (its merged/)
+    base_path = base_of_run(Path(tuned).expanduser()) if base is None else resolve_lm(base)
     with ExitStack() as stack:
         a = _tensors(base_path, stack)
         b = _tensors(tuned_model, stack)

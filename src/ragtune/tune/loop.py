@@ -483,6 +483,10 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
 _RESUMABLE_CHANGES = ("world_size", "micro_batch_tokens")
 
 
+def _sha(record: dict[str, Any] | None) -> str | None:
+    return record["sha256"] if record else None
+
+
 def _open_run_dir(run_dir: Path, manifest: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """Check ``run_dir`` and return the checkpoint to resume from (None: start at step 0)."""
     existing = read_manifest(run_dir)
@@ -516,7 +520,11 @@ def _open_run_dir(run_dir: Path, manifest: dict[str, Any], resume: bool) -> dict
                 existing["data"]["train"]["sha256"],
                 manifest["data"]["train"]["sha256"],
             ),
-            ("validation data", existing["data"].get("validation"), manifest["data"]["validation"]),
+            (
+                "validation data",
+                _sha(existing["data"]["validation"]),
+                _sha(manifest["data"]["validation"]),
+            ),
             ("hyperparameters", old_hp, new_hp),
         )
         if a != b

@@ -17,11 +17,18 @@ from torch import nn
 
 from ragtune.tune.data import IGNORE
 
-CHUNK_ELEMENTS = 1 << 25  # logits per chunk: 128 rows of a 262k vocabulary, 128 MiB in fp32
+# Logits per chunk: 256 rows of a 262k vocabulary, 256 MiB in fp32. Every chunk reads the
+# whole head twice (forward and gradient), so larger chunks are faster on CPUs (measured:
+# 5.4 ms per row at 256 rows, 6.2 at 128, 7.5 at 64, Gemma 3 270M, 2 cores).
+CHUNK_ELEMENTS = 1 << 26
 
 
-def _chunk_rows(vocab: int, chunk_rows: int | None) -> int:
-    return chunk_rows or max(1, CHUNK_ELEMENTS // vocab)
+def _chunk_rows(n_rows: int, vocab: int, chunk_rows: int | None) -> int:
+    """Rows per chunk: at most the budget, and as even as possible (174 rows -> 2 x 87 would
+    be worse than 1 x 174, so only as many chunks as the budget forces)."""
+    limit = chunk_rows or max(1, CHUNK_ELEMENTS // vocab)
+    n_chunks = max(1, -(-n_rows // limit))
+    return max(1, -(-n_rows // n_chunks))
 
 
 def _chunk_logits(
@@ -109,8 +116,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, grad_correct: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
+        # In place: each saved gradient is used once, and a (V, D) head gradient is large.
         saved = zip(ctx.saved_tensors, ctx.has, strict=True)
-        grads = [g * grad_loss if has else None for g, has in saved]
+        grads = [g.mul_(grad_loss) if has else None for g, has in saved]
         return grads[0], grads[1], grads[2], None, None, None
 
 
@@ -124,7 +132,7 @@ def chunked_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over rows of ``CE(hidden @ weight.T + bias, targets)`` and the number of rows whose
     argmax is the target, for ``hidden`` (N, D), ``weight`` (V, D), ``targets`` (N,)."""
-    rows = _chunk_rows(weight.shape[0], chunk_rows)
+    rows = _chunk_rows(hidden.shape[0], weight.shape[0], chunk_rows)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
