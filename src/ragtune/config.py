@@ -79,7 +79,7 @@ class GenerateConfig:
     context_tokens: int = 2048  # prompt budget for retrieved sources
     batch_size: int = 16
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    dtype: str = "float32"  # or bfloat16, or auto (bfloat16 where the hardware has it)
+    dtype: str = "auto"  # bfloat16 where the hardware multiplies it natively, else float32
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def generator(tiny_lm: Path) -> Generator:
-    return Generator.load(str(tiny_lm), device="cpu")
+    return Generator.load(str(tiny_lm), device="cpu", dtype="float32")
 
 
 def test_batched_equals_one_at_a_time(generator: Generator) -> None:

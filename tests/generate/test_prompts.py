@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from ragtune.generate.answer import attribute, cite
+from ragtune.generate.answer import attribute, cite, with_markers
 from ragtune.generate.prompts import (
     chat_prompt,
     pack_sources,
@@ -82,5 +82,10 @@ def test_citations() -> None:
     ]
     attributed = cite("Mira Quell", hits)
     assert [(c.marker, c.how) for c in attributed] == [(2, "attributed")]
+    # A model citation that its source does not support is replaced by attribution.
+    wrong = cite("Mira Quell [1]", hits)
+    assert [(c.marker, c.how) for c in wrong] == [(2, "attributed")]
+    assert with_markers("Mira Quell [1]", wrong) == "Mira Quell [2]"
+    assert with_markers("nothing", []) == "nothing"
     assert cite("something else entirely", hits) == []
     assert attribute("blue sea", hits) == 1

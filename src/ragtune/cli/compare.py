@@ -66,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16"],
-        default="float32",
+        default="auto",
         help="generation precision for every arm",
     )
     p.add_argument("--json", action="store_true", help="print results.json's arm summary")

@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ class ArmSpec:
     max_new_tokens: int = 48
     batch_size: int = 16
     instruction: str | None = None
-    fewshot: list[tuple[str, str]] = field(default_factory=list)
+    fewshot: list[tuple[str, str]] | None = None  # None: the default for the arm's mode
+    format_spec: str | None = None  # a required answer form (--format-check SPEC)
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
 
 
 def peak_rss_mb() -> float:
@@ -43,6 +44,7 @@ def peak_rss_mb() -> float:
 
 
 def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
+    from ragtune.evaluate.formats import parse_format_spec
     from ragtune.generate.answer import answer_questions
     from ragtune.generate.engine import Generator
     from ragtune.retrieve.kb import KnowledgeBase
@@ -78,6 +80,7 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
         batch_size=spec.batch_size,
         instruction=spec.instruction,
         fewshot=spec.fewshot,
+        extract=parse_format_spec(spec.format_spec).extract if spec.format_spec else None,
         progress=(lambda n: bar.advance(task, n)) if bar else None,
     )
     generate_s = time.perf_counter() - t1

@@ -81,7 +81,7 @@ class CompareSettings:
     freshness: int = 0
     seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     embedder: str | None = None  # None: the default embedder
@@ -395,6 +395,9 @@ def run_compare(
                 instruction=(f"{RAG_INSTRUCTION} {instruction}" if instruction else None)
                 if arm in ("rag", "ft_rag")
                 else instruction,
+                # A required format replaces the RAG demonstrations (their answers are plain).
+                fewshot=[] if fmt else None,
+                format_spec=fmt.spec if fmt else None,
                 device=settings.device,
                 dtype=settings.dtype,
             )
@@ -685,6 +688,8 @@ def _freshness(
             instruction=(f"{RAG_INSTRUCTION} {instruction}" if instruction else None)
             if arm in ("rag", "ft_rag")
             else instruction,
+            fewshot=[] if fmt else None,
+            format_spec=fmt.spec if fmt else None,
             device=settings.device,
             dtype=settings.dtype,
         )
@@ -709,8 +714,9 @@ def _freshness(
             arms_out["ft"].update(
                 reflected_after_retrain=reflected,
                 retrain_s=retrain["seconds"],
+                retrain_examples=retrain["examples"],
                 seconds_to_reflect=retrain["seconds"] if reflected else None,
-                how="retraining on the updated examples",
+                how=f"further fine-tuning on the {retrain['examples']} updated examples",
             )
     result = {
         "n": len(changes),
@@ -744,28 +750,28 @@ def _retrain(
     instruction: str | None,
     say: Say,
 ) -> dict[str, Any] | None:
-    """Retrain the fine-tuned arm on training examples updated with the new values (the
-    same recipe from the same base, as a user would), then re-ask the changed questions."""
-    lines = train_file.read_text(encoding="utf-8").splitlines()
+    """Update the fine-tuned arm the way a user would after facts change: fine-tune the
+    fine-tuned model further on the training examples that mention a changed fact, with the
+    new values in them (same recipe), then ask the changed questions again."""
     updated = []
-    touched = 0
-    for line in lines:
+    for line in train_file.read_text(encoding="utf-8").splitlines():
         new_line = line
         for c in changes:
             new_line = new_line.replace(json.dumps(c.old)[1:-1], json.dumps(c.new)[1:-1])
-        touched += new_line != line
-        updated.append(new_line)
-    if touched == 0:
+        if new_line != line:
+            updated.append(new_line)
+    if not updated:
         say("freshness: no training example mentions a changed fact; retraining skipped")
         return None
+    # Fine-tuning needs at least 10 examples; repeating a few is the same as more epochs.
+    repeated = [updated[i % len(updated)] for i in range(max(len(updated), 10))]
     new_train = state / "train-fresh.jsonl"
-    new_train.write_text("\n".join(updated) + "\n", encoding="utf-8")
+    new_train.write_text("\n".join(repeated) + "\n", encoding="utf-8")
     new_run = state / "ft-run-fresh"
-    say(f"freshness: retraining the fine-tuned arm ({touched} examples changed)")
+    say(f"freshness: fine-tuning the fine-tuned arm on the {len(updated)} updated examples")
     t0 = time.perf_counter()
-    _ragtune(
-        _tune_args(new_train, new_run, settings, resume=(new_run / "checkpoints").exists()), say
-    )
+    fresh = dataclasses.replace(settings, model=str(run_dir))
+    _ragtune(_tune_args(new_train, new_run, fresh, resume=(new_run / "checkpoints").exists()), say)
     seconds = time.perf_counter() - t0
     spec = ArmSpec(
         arm="fresh-ft-retrained",
@@ -781,4 +787,4 @@ def _retrain(
     path = state / "fresh-ft-retrained.json"
     if not path.exists():
         _run_arm_process(spec, path, state)
-    return {"seconds": seconds, "answers": _read_json(path)["answers"]}
+    return {"seconds": seconds, "examples": len(updated), "answers": _read_json(path)["answers"]}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from ragtune.evaluate.metrics import answer_support
 from ragtune.generate.engine import Generator
 from ragtune.generate.prompts import (
+    RAG_FEWSHOT,
     RAG_INSTRUCTION,
     chat_prompt,
     pack_sources,
@@ -35,15 +36,21 @@ def attribute(answer: str, hits: Sequence[Hit]) -> int | None:
 
 
 def cite(answer: str, hits: Sequence[Hit]) -> list[Citation]:
-    """Citations for an answer generated from ``hits`` (numbered 1..n in the prompt).
+    """Verified citations for an answer generated from ``hits`` (numbered 1..n).
 
-    Sources the model cited as ``[n]`` come first; with none, the answer is attributed to
-    the source that contains most of its tokens (marked ``how="attributed"``).
+    A source the model cited as ``[n]`` is kept only if it supports the answer (contains
+    at least half of its words); if none of the model's citations survive, the answer is
+    attributed to the source that contains most of its words (``how="attributed"``).
     """
-    markers = parse_citations(answer, len(hits))
+    claim = strip_citations(answer)
+    markers = [
+        n
+        for n in parse_citations(answer, len(hits))
+        if answer_support(claim, hits[n - 1].chunk.text) >= MIN_SUPPORT
+    ]
     how = "model"
     if not markers:
-        found = attribute(strip_citations(answer), hits)
+        found = attribute(claim, hits)
         markers, how = ([found], "attributed") if found is not None else ([], "model")
     out = []
     for n in markers:
@@ -63,6 +70,13 @@ def cite(answer: str, hits: Sequence[Hit]) -> list[Citation]:
     return out
 
 
+def with_markers(answer: str, citations: Sequence[Citation]) -> str:
+    """The answer with its verified source numbers, e.g. ``"Bram Stoker [1]"``."""
+    claim = strip_citations(answer)
+    marks = "".join(f"[{c.marker}]" for c in citations)
+    return f"{claim} {marks}" if claim and marks else claim
+
+
 def answer_questions(
     questions: Sequence[str],
     generator: Generator,
@@ -71,16 +85,23 @@ def answer_questions(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     instruction: str | None = None,
-    fewshot: Sequence[tuple[str, str]] = (),
+    fewshot: Sequence[tuple[str, str]] | None = None,
+    extract: Callable[[str], str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[Answer]:
     """Answer ``questions`` closed-book (``contexts=None``) or from their retrieved hits.
 
     The hits of each question are numbered in rank order and packed into
     ``context_tokens``. ``fewshot`` (question, answer) pairs are shown before each
-    question in the same layout as training examples; ``instruction`` replaces the
-    default RAG instruction (closed-book, it is the only system text).
+    question in the same layout as training examples (default: ``RAG_FEWSHOT`` with
+    context, none without); ``instruction`` replaces the default RAG instruction
+    (closed-book, it is the only system text). A RAG answer's text ends with its
+    verified source numbers (see :func:`cite`) — unless ``extract`` is given: answers then
+    follow a required form (e.g. JSON), are left as generated, and citations are checked
+    against ``extract(answer)``, the part that states the answer.
     """
+    if fewshot is None:
+        fewshot = RAG_FEWSHOT if contexts is not None else ()
     shots = [m for q, a in fewshot for m in (Message("user", q), Message("assistant", a))]
     prompts, used_hits = [], []
     for i, question in enumerate(questions):
@@ -101,18 +122,22 @@ def answer_questions(
     gens = generator.generate(
         prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
     )
-    return [
-        Answer(
-            question=question,
-            text=gen.text,
-            citations=cite(gen.text, hits) if hits else [],
-            hits=hits,
-            timings={
-                "generate_s": gen.seconds,
-                "prompt_tokens": float(gen.prompt_tokens),
-                "new_tokens": float(gen.new_tokens),
-            },
-            model=generator.name,
+    answers = []
+    for question, hits, gen in zip(questions, used_hits, gens, strict=True):
+        claim = extract(gen.text) if extract else gen.text
+        citations = cite(claim, hits) if hits else []
+        answers.append(
+            Answer(
+                question=question,
+                text=with_markers(gen.text, citations) if hits and not extract else gen.text,
+                citations=citations,
+                hits=hits,
+                timings={
+                    "generate_s": gen.seconds,
+                    "prompt_tokens": float(gen.prompt_tokens),
+                    "new_tokens": float(gen.new_tokens),
+                },
+                model=generator.name,
+            )
         )
-        for question, hits, gen in zip(questions, used_hits, gens, strict=True)
-    ]
+    return answers

@@ -52,7 +52,7 @@ class Generator:
 
     @classmethod
     def load(
-        cls, name_or_path: str = "default", device: str = "auto", dtype: str = "float32"
+        cls, name_or_path: str = "default", device: str = "auto", dtype: str = "auto"
     ) -> Generator:
         from ragtune.models import load_lm, resolve_lm
 

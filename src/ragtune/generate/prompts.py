@@ -103,6 +103,13 @@ RAG_INSTRUCTION = (
     "Answer the question with a short answer taken from the sources below. "
     "After the answer, write the number of the source you used in brackets, like [1]."
 )
+# Shown before a RAG question as earlier turns: a pretrained model copies their form
+# (a short answer, then a source number). Measured on the demo world with Gemma 3 270M:
+# token F1 0.46 without them, 0.77 with them (bench/RESULTS.md).
+RAG_FEWSHOT = (
+    ("At what temperature does water boil at sea level?", "100 degrees Celsius [2]"),
+    ("Who wrote the novel Dracula?", "Bram Stoker [1]"),
+)
 CITATION = re.compile(r"\[(\d{1,3})\]")
 
 
