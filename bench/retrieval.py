@@ -1,8 +1,11 @@
 """Retrieval benchmarks on SciFact: prints one JSON object, then a one-line summary.
 
-Corpus encoding speed (docs/s) of each ragtune embedding backend against
-sentence-transformers with the same model, measured in one run, interleaved round by round
-so that load from other processes hits every encoder alike::
+1. Corpus encoding speed (docs/s) of each ragtune embedding backend against
+   sentence-transformers with the same model, measured in one run, interleaved round by
+   round so that load from other processes hits every encoder alike.
+2. The knowledge-base layer: index build time (``ragtune ingest`` of the same documents:
+   chunking, embedding, LanceDB, BM25) and single-query latency p50/p95 of each search
+   mode over SciFact's queries (query embedding included)::
 
     python bench/retrieval.py --subset 1000 --batch-size 32 --rounds 2
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -105,6 +109,56 @@ def bench_encoding(
     return results
 
 
+def bench_knowledge_base(
+    folder: Path, subset: int | None, backend: str, queries: int, seed: int = 0
+) -> dict[str, Any]:
+    """Ingest the same documents into a fresh knowledge base and time single queries."""
+    import tempfile
+
+    from ragtune.config import kb_path
+    from ragtune.ingest.pipeline import ingest
+    from ragtune.retrieve.kb import KnowledgeBase
+
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        records = fh.readlines()
+    if subset is not None and subset < len(records):
+        rows = np.random.default_rng(seed).choice(len(records), subset, replace=False)
+        records = [records[i] for i in sorted(rows)]
+    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh][:queries]
+    load_embedder("default", backend=backend, device="cpu")  # type: ignore[arg-type]
+    name = f"bench-retrieval-{os.getpid()}"  # (the ONNX export above is cached, not timed)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        corpus.write_text("".join(records), encoding="utf-8")
+        start = time.perf_counter()
+        report = ingest([corpus], name, backend=backend)  # type: ignore[arg-type]
+        build_s = time.perf_counter() - start
+        kb = KnowledgeBase.open(name)
+        kb.search(texts[0], k=10, mode="hybrid")  # load the embedder before timing
+        latency: dict[str, dict[str, float]] = {}
+        for mode in ("bm25", "dense", "hybrid"):
+            times = []
+            for q in texts:
+                t = time.perf_counter()
+                kb.search(q, k=10, mode=mode)  # type: ignore[arg-type]
+                times.append(time.perf_counter() - t)
+            latency[mode] = {
+                "p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
+                "p95_ms": round(1000 * float(np.percentile(times, 95)), 2),
+            }
+    shutil.rmtree(kb_path(name), ignore_errors=True)
+    return {
+        "backend": backend,
+        "documents": report.documents,
+        "chunks": report.chunks,
+        "build_s": round(build_s, 2),
+        "build_docs_per_s": round(report.documents / build_s, 2),
+        "queries": len(texts),
+        "latency": latency,
+    }
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -127,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--model", default="default")
+    parser.add_argument("--kb-backend", default="onnx", help="backend for the KB part")
+    parser.add_argument("--queries", type=int, default=300, help="queries timed per mode")
+    parser.add_argument("--skip-kb", action="store_true", help="encoding speed only")
     args = parser.parse_args(argv)
 
     if not (args.data / "corpus.jsonl").exists():
@@ -150,11 +207,22 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "encoding": bench_encoding(texts, encoders, args.rounds),
     }
+    if not args.skip_kb:
+        report["knowledge_base"] = bench_knowledge_base(
+            args.data, args.subset or None, args.kb_backend, args.queries
+        )
     print(json.dumps(report, indent=2))
     summary = ", ".join(
         f"{name} {r['docs_per_s_best']} docs/s" for name, r in report["encoding"].items()
     )
-    print(f"SciFact encoding ({len(texts)} docs, batch {args.batch_size}): {summary}")
+    line = f"SciFact encoding ({len(texts)} docs, batch {args.batch_size}): {summary}"
+    if "knowledge_base" in report:
+        kb = report["knowledge_base"]
+        lat = "; ".join(
+            f"{m} p50 {v['p50_ms']} ms p95 {v['p95_ms']} ms" for m, v in kb["latency"].items()
+        )
+        line += f". Index build ({kb['backend']}) {kb['build_s']} s; query latency: {lat}"
+    print(line)
     return 0
 
 

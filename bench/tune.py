@@ -27,7 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ARMS = ("ragtune-lora", "hf-lora", "ragtune-full", "hf-full")
+ARMS = (
+    "ragtune-lora",
+    "hf-lora",
+    "ragtune-full",
+    "hf-full",
+    "ragtune-lora-bf16",
+    "ragtune-full-bf16",
+)
 DEFAULT_ARMS = ("ragtune-lora", "hf-lora", "ragtune-full")
 
 PEOPLE = (
@@ -194,6 +201,7 @@ def run_ragtune(spec: dict[str, Any]) -> dict[str, Any]:
         max_length=spec["seq_len"],
         micro_batch_tokens=spec["batch_size"] * spec["seq_len"],
         max_steps=spec["steps"],
+        dtype="bfloat16" if spec["arm"].endswith("-bf16") else "float32",
         on_step=on_step,
     )
     timing = _timing(stamps, cpu, plan["batch_tokens"], losses)

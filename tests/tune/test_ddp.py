@@ -28,7 +28,8 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_lm: Path, tmp_path
     rows = [chat_row(q + " " * i, a) for i, (q, a) in enumerate((FACTS * 3)[:13])]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     args = ["--data", str(data), "--base", str(tiny_lm), "--method", "lora", "--epochs", "2",
-            "--batch-size", "4", "--lr-multiplier", "10", "--lora-dropout", "0"]  # fmt: skip
+            "--batch-size", "4", "--lr-multiplier", "10", "--lora-dropout", "0",
+            "--dtype", "float32"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(

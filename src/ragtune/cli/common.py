@@ -73,6 +73,16 @@ class Progress:
         self._bar.update(self._tasks[phase], advance=advance, total=total)
 
 
+def add_dtype_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") -> None:
+    """``--dtype auto|float32|bfloat16`` (auto: bfloat16 where the hardware has it natively)."""
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default=default,
+        help=f"precision of {what} (auto: bfloat16 where the hardware has it natively)",
+    )
+
+
 def add_search_args(p: argparse.ArgumentParser, cfg: RetrieveConfig, k_default: int = 0) -> None:
     p.add_argument("-k", type=int, default=k_default or cfg.k, help="results to return")
     p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default=cfg.mode)

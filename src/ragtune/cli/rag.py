@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ragtune.cli.common import Progress, add_search_args, console, print_json, search_kwargs
+from ragtune.cli.common import (
+    Progress,
+    add_dtype_arg,
+    add_search_args,
+    console,
+    print_json,
+    search_kwargs,
+)
 from ragtune.config import load_config
 from ragtune.errors import RagtuneError
 from ragtune.types import SearchMode
@@ -53,7 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--device", default=cfg.generate.device)
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=cfg.generate.dtype)
+    add_dtype_arg(p, "generation", cfg.generate.dtype)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
 
@@ -66,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
     p.add_argument("--device", default=cfg.generate.device)
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=cfg.generate.dtype)
+    add_dtype_arg(p, "generation", cfg.generate.dtype)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")

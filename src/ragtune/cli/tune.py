@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ragtune.cli.common import console, print_json
+from ragtune.cli.common import add_dtype_arg, console, print_json
 
 # Exit statuses of a run stopped by a signal: 128 + the signal number, as shells report it.
 EXIT_SIGINT = 130
@@ -71,6 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="padded tokens per forward pass (gradient accumulation splits larger batches)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dtype_arg(p, "training (bfloat16: mixed precision, float32 weights and loss)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
@@ -192,6 +193,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             micro_batch_tokens=args.micro_batch_tokens,
             resume=args.resume,
             device=args.device,
+            dtype=args.dtype,
             on_step=on_step,
             should_stop=stop,
         )

@@ -53,7 +53,7 @@ from ragtune.evaluate.questions import (
 from ragtune.evaluate.report import write_report
 from ragtune.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap, percentile
 from ragtune.generate.prompts import RAG_INSTRUCTION, strip_citations
-from ragtune.types import SearchMode
+from ragtune.types import Example, SearchMode
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class CompareSettings:
     max_new_tokens: int = 48
     batch_size: int = 16
     max_questions: int | None = None
+    max_qa_pairs: int = 200  # make-qa, when there is no --train
     freshness: int = 0
     seed: int = 0
     device: str = "auto"
@@ -308,33 +309,23 @@ def run_compare(
 
     # 2. Training data for the fine-tuned arms, and the leakage check.
     train_file = state / "train.jsonl"
-    if ft_arms:
-        if not train_file.exists():
-            if train_path is not None:
-                shutil.copyfile(train_path, train_file)
-            else:
-                say("generating training examples from the documents (make-qa)")
-                _ragtune(
-                    [
-                        "make-qa",
-                        *map(str, doc_roots),
-                        "--out",
-                        str(train_file),
-                        "--seed",
-                        str(settings.seed),
-                        "--base",
-                        settings.model,
-                    ],
-                    say,
+    if ft_arms and not train_file.exists():
+        if train_path is not None:
+            leaks = find_leaks(test, _training_examples(train_path))
+            if leaks:
+                raise RagtuneError(
+                    f"{len(leaks)} test question(s) appear in the training data, e.g. {leaks[0]!r}",
+                    "training on the test questions is leakage: remove them from --train "
+                    "(paraphrases of the same facts are fine)",
                 )
-        leaks = find_leaks(test, _training_examples(train_file))
-        if leaks:
-            raise RagtuneError(
-                f"{len(leaks)} test question(s) appear in the training data, e.g. {leaks[0]!r}",
-                "training on the test questions is leakage: remove them from --train "
-                "(paraphrases of the same facts are fine)",
-            )
-
+            shutil.copyfile(train_path, train_file)
+        else:
+            say("generating training examples from the documents (make-qa)")
+            generated = state / "make-qa.jsonl"
+            _ragtune(["make-qa", *map(str, doc_roots), "--out", str(generated),
+                      "--seed", str(settings.seed), "--base", settings.model,
+                      "--max-pairs", str(settings.max_qa_pairs)], say)  # fmt: skip
+            _write_generated(generated, train_file, test, say)
     times = _read_json(state / "prep.json") or {}
     # 3a. RAG: a knowledge base from the documents.
     kb_name = "compare-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
@@ -512,6 +503,21 @@ def _map_gold_docs(test: list[Question], kb_name: str, say: Say) -> list[Questio
     return mapped
 
 
+def _write_generated(generated: Path, train_file: Path, test: list[Question], say: Say) -> None:
+    """Keep the generated examples that do not contain a test question (a generated question
+    can coincide with one), repeated up to the 10 examples fine-tuning needs."""
+    lines = [line for line in generated.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if not find_leaks(test, [Example.from_dict(json.loads(line))])]
+    if len(kept) < len(lines):
+        say(f"dropped {len(lines) - len(kept)} generated example(s) that contain a test question")
+    if not kept:
+        raise RagtuneError("make-qa produced no usable training examples", "pass --train")
+    repeated = [kept[i % len(kept)] for i in range(max(len(kept), 10))]
+    tmp = train_file.with_name(f".{train_file.name}.tmp")
+    tmp.write_text("\n".join(repeated) + "\n", encoding="utf-8")
+    os.replace(tmp, train_file)
+
+
 def _tune_args(train: Path, run_dir: Path, s: CompareSettings, resume: bool) -> list[str]:
     args = [
         "tune",
@@ -531,6 +537,10 @@ def _tune_args(train: Path, run_dir: Path, s: CompareSettings, resume: bool) -> 
         str(s.seed),
         "--out",
         str(run_dir),
+        "--device",
+        s.device,
+        "--dtype",
+        s.dtype,
         "--json",
     ]
     return [*args, "--resume"] if resume else args

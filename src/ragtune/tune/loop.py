@@ -24,7 +24,7 @@ import torch
 
 from ragtune import __version__
 from ragtune.errors import RagtuneError
-from ragtune.models import describe, pick_device, resolve_lm
+from ragtune.models import describe, pick_device, pick_dtype, resolve_lm
 from ragtune.tune import checkpoint as ckpt
 from ragtune.tune import hparams
 from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
@@ -109,6 +109,7 @@ def train(
     max_grad_norm: float = 1.0,
     resume: bool = False,
     device: str = "auto",
+    dtype: str = "float32",
     max_steps: int | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -119,11 +120,15 @@ def train(
     :mod:`ragtune.tune.hparams`). ``should_stop`` is polled after every optimizer step; when
     it returns True the run writes a checkpoint and returns with status ``interrupted``;
     ``resume=True`` continues from the newest checkpoint in ``out`` and ends with the same
-    weights as an uninterrupted run.
+    weights as an uninterrupted run. ``dtype``: the compute precision (``float32``,
+    ``bfloat16``, or ``auto``, see :func:`ragtune.models.pick_dtype`); weights, optimizer
+    state and the loss stay float32 either way (mixed precision, see
+    :mod:`ragtune.tune.loss`).
     """
     started = time.time()
     dist = dist_info_from_env()
     dev = _device(device, dist)
+    compute_dtype = pick_dtype(dtype, dev)
     run_dir = Path(out).expanduser()
     base_path = resolve_lm(base)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,6 +181,7 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
             "world_size": dist.world_size,
+            "compute_dtype": str(compute_dtype).removeprefix("torch."),
         }
 
         # --- 2. The run folder: a new run, or the newest checkpoint of an interrupted one.
@@ -248,7 +254,7 @@ def train(
             step, epoch0, batch0 = state["step"], state["epoch"], state["batch"]
             counters.update(state["counters"])
             last.update(state["last"])
-        loss_module = LabelledLoss(model)
+        loss_module = LabelledLoss(model, compute_dtype=compute_dtype)
         forward: Any = loss_module
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel

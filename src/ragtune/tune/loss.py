@@ -6,6 +6,12 @@ and then ignore the ones whose label is -100. Here the decoder body runs on the 
 sequence, the hidden states of the labelled positions are gathered (shifted by one), and
 the cross-entropy over the vocabulary is computed a chunk of rows at a time, with its
 gradient in the same pass, so no (B, T, V) or (N, V) tensor ever exists.
+
+Mixed precision (``compute_dtype=torch.bfloat16``): the decoder runs under
+``torch.autocast``, and the head's three matrix products (logits, and the gradients of the
+hidden states and of the head) take bfloat16 operands, while each chunk's logits are
+upcast to float32 before the log-softmax, so the loss, its reduction and the gradients
+accumulate in float32 (Micikevicius et al. 2018, arXiv:1710.03740).
 """
 
 from __future__ import annotations
@@ -31,10 +37,17 @@ def _chunk_rows(n_rows: int, vocab: int, chunk_rows: int | None) -> int:
     return max(1, -(-n_rows // n_chunks))
 
 
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax and sums run in float32 at least (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _chunk_logits(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
 ) -> torch.Tensor:
-    logits = h @ weight.T  # (C, V)
+    """``h`` (C, D) and ``weight`` (V, D) in the compute dtype -> logits (C, V) in at least
+    float32 (bfloat16 products are upcast before anything else touches them)."""
+    logits = (h @ weight.T).to(_accumulate_dtype(weight.dtype))  # (C, V)
     if bias is not None:
         logits += bias
     if softcap:
@@ -64,6 +77,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     d(sum CE)/d logits = softmax(logits) - onehot(target), so each chunk's logits are used
     once for the loss and once for the gradients, then freed.
+
+    ``weight_c`` is ``weight`` in the compute dtype (``weight`` itself in float32): the
+    products use it, and the gradients accumulate in ``weight``'s and ``hidden``'s dtypes.
     """
 
     @staticmethod
@@ -75,18 +91,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,  # (N,)
         chunk_rows: int,
         softcap: float | None,
+        weight_c: torch.Tensor,  # (V, D) in the compute dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
+        mixed = weight_c.dtype != weight.dtype
+        hidden_c = hidden.to(weight_c.dtype)  # (N, D)
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, D)
         grad_w = torch.zeros_like(weight) if need_w else None  # (V, D)
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None  # (V,)
-        loss = hidden.new_zeros(())
+        loss = torch.zeros((), dtype=_accumulate_dtype(weight_c.dtype), device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for s in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[s : s + chunk_rows]  # (C, D)
+            h = hidden_c[s : s + chunk_rows]  # (C, D)
             t = targets[s : s + chunk_rows]  # (C,)
-            logits = _chunk_logits(h, weight, bias, softcap)  # (C, V)
+            logits = _chunk_logits(h, weight_c, bias, softcap)  # (C, V)
             need_grad = grad_h is not None or grad_w is not None or grad_b is not None
             # chain rule through cap * tanh(x / cap): d/dx = 1 - tanh^2
             dcap = 1.0 - (logits / softcap).square() if softcap and need_grad else None  # (C, V)
@@ -99,12 +118,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             dlogits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
             if dcap is not None:
                 dlogits *= dcap
-            if grad_h is not None:
-                grad_h[s : s + chunk_rows] = dlogits @ weight  # (C, D)
-            if grad_w is not None:
-                grad_w.addmm_(dlogits.T, h)  # (V, D)
             if grad_b is not None:
                 grad_b += dlogits.sum(0)
+            d = dlogits.to(weight_c.dtype)  # (C, V): bf16 operands for the two products
+            del logits, dlogits
+            if grad_h is not None:
+                grad_h[s : s + chunk_rows] = d @ weight_c  # (C, D)
+            if grad_w is not None and mixed:
+                grad_w += d.T @ h  # (V, D): a bf16 product, summed over chunks in fp32
+            elif grad_w is not None:
+                grad_w.addmm_(d.T, h)  # (V, D)
         ctx.save_for_backward(
             *(g if g is not None else torch.empty(0) for g in (grad_h, grad_w, grad_b))
         )
@@ -119,7 +142,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # In place: each saved gradient is used once, and a (V, D) head gradient is large.
         saved = zip(ctx.saved_tensors, ctx.has, strict=True)
         grads = [g.mul_(grad_loss) if has else None for g, has in saved]
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def chunked_cross_entropy(
@@ -129,21 +152,30 @@ def chunked_cross_entropy(
     bias: torch.Tensor | None = None,
     chunk_rows: int | None = None,
     softcap: float | None = None,
+    weight_c: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over rows of ``CE(hidden @ weight.T + bias, targets)`` and the number of rows whose
-    argmax is the target, for ``hidden`` (N, D), ``weight`` (V, D), ``targets`` (N,)."""
+    argmax is the target, for ``hidden`` (N, D), ``weight`` (V, D), ``targets`` (N,).
+
+    ``weight_c``: ``weight`` cast to a lower compute dtype (bfloat16) for the products; the
+    loss is still float32, and so are the gradients of ``hidden`` and ``weight``.
+    """
+    weight_c = weight.detach() if weight_c is None else weight_c
     rows = _chunk_rows(hidden.shape[0], weight.shape[0], chunk_rows)
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     if needs_grad:
-        loss, correct = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, rows, softcap)
+        loss, correct = _ChunkedCrossEntropy.apply(
+            hidden, weight, bias, targets, rows, softcap, weight_c
+        )
         return loss, correct
     with torch.no_grad():
-        loss = hidden.new_zeros(())
+        hidden_c = hidden.to(weight_c.dtype)  # (N, D)
+        loss = torch.zeros((), dtype=_accumulate_dtype(weight_c.dtype), device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for s in range(0, hidden.shape[0], rows):
-            logits = _chunk_logits(hidden[s : s + rows], weight, bias, softcap)  # (C, V)
+            logits = _chunk_logits(hidden_c[s : s + rows], weight_c, bias, softcap)  # (C, V)
             chunk_loss, chunk_correct = _softmax_in_place(logits, targets[s : s + rows])
             loss += chunk_loss
             correct += chunk_correct
@@ -162,14 +194,35 @@ class LabelledLoss(nn.Module):
     """A causal LM (plain or PEFT-wrapped) whose forward returns the summed token
     cross-entropy and correct-prediction count over labelled positions only.
 
+    ``compute_dtype=torch.bfloat16`` runs the decoder under ``torch.autocast`` and the head
+    products in bfloat16 (the loss stays float32; see the module docstring). The head's
+    bfloat16 copy is made once per weight version: once per run for a frozen head (LoRA),
+    once per optimizer step for a trained one, not once per micro-batch.
+
     Wrapping this module, not the LM, in DistributedDataParallel keeps DDP's hooks on the
     forward that training actually calls.
     """
 
-    def __init__(self, lm: nn.Module, chunk_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        lm: nn.Module,
+        chunk_rows: int | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.chunk_rows = chunk_rows
+        self.compute_dtype = compute_dtype
+        self._head_cast: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def _head_in_compute_dtype(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.dtype == self.compute_dtype:
+            return weight.detach()
+        key = (weight.data_ptr(), weight._version)  # in-place updates bump the version
+        if self._head_cast is None or self._head_cast[0] != key:
+            self._head_cast = None  # free the old copy first
+            self._head_cast = (key, weight.detach().to(self.compute_dtype))
+        return self._head_cast[1]
 
     def forward(
         self,
@@ -179,9 +232,14 @@ class LabelledLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lm: Any = self.lm
         causal = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-        out = causal.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        )
+        with torch.autocast(
+            input_ids.device.type,
+            dtype=self.compute_dtype,
+            enabled=self.compute_dtype != torch.float32,
+        ):
+            out = causal.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            )
         hidden, targets = labelled_rows(out.last_hidden_state, labels)  # (N, D), (N,)
         head = causal.get_output_embeddings()
         return chunked_cross_entropy(
@@ -191,4 +249,5 @@ class LabelledLoss(nn.Module):
             bias=head.bias,
             chunk_rows=self.chunk_rows,
             softcap=getattr(causal.config, "final_logit_softcapping", None),
+            weight_c=self._head_in_compute_dtype(head.weight),
         )
