@@ -154,6 +154,18 @@ def test_verdict_is_written_from_the_numbers() -> None:
     assert v["text"] == " ".join([v["knowledge"], v["behaviour"], v["freshness"]])
 
 
+def test_verdict_says_when_the_fine_tuned_arm_could_not_be_retrained() -> None:
+    results = canned()
+    ft = results["freshness"]["arms"]["ft"]
+    for key in ("reflected_after_retrain", "retrain_s", "seconds_to_reflect"):
+        del ft[key]
+    ft["how"] = "not retrained: no training example states a changed fact"
+    assert (
+        "Fine-tuned gave the new value for 0/2 (the old one for 2/2) (not retrained: no "
+        "training example states a changed fact)." in write_verdict(results)["freshness"]
+    )
+
+
 class _Collect(HTMLParser):
     def __init__(self) -> None:
         super().__init__()

@@ -57,6 +57,7 @@ def test_answer_spans_and_clauses() -> None:
         ("When was Zorbland founded", "1887", "malformed"),  # not a question
         ("Was Zorbland founded in 1887?", "1887", "malformed"),  # answer inside the question
         ("When was Zorbland founded?", "", "malformed"),
+        ("When was Zorbland ___ by Mira Quell?", "1887", "malformed"),  # the cloze blank
     ],
 )
 def test_check_pair(question: str, answer: str, why: str | None) -> None:
@@ -108,6 +109,36 @@ def test_make_qa_counts_every_drop() -> None:
             {"role": "assistant", "content": "1887"},
         ]
     }
+
+
+class RecordingWriter:
+    """No candidates; remembers which passages it was asked about."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
+        self.seen = list(passages)
+        return [[] for _ in passages]
+
+    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]:
+        return [[] for _ in questions]
+
+
+def test_a_pair_budget_takes_passages_from_every_document_in_turn() -> None:
+    docs = [
+        (title, " ".join(f"{title} sentence number {i} is here." for i in range(20)))
+        for title in ("Alpha", "Beta", "Gamma")
+    ]
+    writer = RecordingWriter()
+    _, report = make_qa(docs, writer, max_pairs=2)
+    assert report.passages == 4
+    assert [p.split(":")[0] for p in writer.seen] == [
+        "About Alpha",
+        "About Beta",
+        "About Gamma",
+        "About Alpha",
+    ]
 
 
 @pytest.fixture

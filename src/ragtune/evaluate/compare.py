@@ -719,7 +719,9 @@ def _freshness(
         }
     if "ft" in settings.arms and train_file.exists():
         retrain = _retrain(changes, settings, state, run_dir, train_file, asked, instruction, say)
-        if retrain is not None:
+        if retrain is None:
+            arms_out["ft"]["how"] = NOT_RETRAINED
+        else:
             reflected, _ = _reflected(retrain["answers"], changes, fmt)
             arms_out["ft"].update(
                 reflected_after_retrain=reflected,
@@ -748,6 +750,9 @@ def _reflected(
         new += int(answer_contains(pred, [c.new]) > 0)
         old += int(answer_contains(pred, [c.old]) > 0)
     return new, old
+
+
+NOT_RETRAINED = "not retrained: no training example states a changed fact"
 
 
 def _retrain(

@@ -122,6 +122,8 @@ def write_verdict(results: dict[str, Any]) -> dict[str, str]:
                     f"; after retraining ({_secs(f.get('retrain_s'))}) it gave the new value "
                     f"for {f['reflected_after_retrain']}/{f['n']}"
                 )
+            elif f.get("how", "").startswith("not retrained"):
+                line += f" ({f['how']})"
             parts.append(line + ".")
         out["freshness"] = " ".join(parts)
     out["text"] = " ".join(out[k] for k in ("knowledge", "behaviour", "freshness") if k in out)

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any, Protocol
 
 from ragtune.errors import RagtuneError
@@ -103,6 +104,8 @@ def check_pair(question: str, answer: str, passage: str) -> str | None:
     q, a = question.strip(), answer.strip()
     if not q.endswith("?") or len(q) < 8 or not a or len(a.split()) > MAX_ANSWER_WORDS:
         return "malformed"
+    if "__" in q:
+        return "malformed"  # the blank of the cloze prompt copied into the question
     na = normalize_answer(a)
     if not na or na in normalize_answer(q):
         return "malformed"  # empty after normalisation, or answered by the question itself
@@ -371,7 +374,9 @@ def make_qa(
     """Question/answer pairs from ``(title, text)`` documents, checked against their
     passages, each with paraphrases."""
     report = MakeQAReport()
-    passages = [p for title, text in documents for p in split_passages(text, title)]
+    per_doc = [split_passages(text, title) for title, text in documents]
+    # Round-robin over the documents, so a --max-pairs budget covers all of them.
+    passages = [p for row in zip_longest(*per_doc) for p in row if p is not None]
     if max_pairs is not None:
         passages = passages[: max(0, max_pairs * 2)]  # some candidates will be dropped
     report.passages = len(passages)
