@@ -13,6 +13,7 @@ from ragtune.tune.makeqa import (
     Candidate,
     EndpointQAWriter,
     answer_spans,
+    asks_for,
     check_pair,
     check_paraphrase,
     clause_with,
@@ -71,6 +72,16 @@ def test_check_paraphrase() -> None:
     assert not check_paraphrase(q, "when was zorbland founded?")  # the same question
     assert not check_paraphrase(q, "What is the weather like today?")  # unrelated
     assert not check_paraphrase(q, "In what year was Zorbland established")  # no "?"
+    assert not check_paraphrase("Who founded Zorbland?", "Zorbland was founded in which year?")
+    assert check_paraphrase("Who founded Zorbland?", "Zorbland was founded by whom?")
+
+
+def test_asks_for() -> None:
+    assert asks_for("How many people work at Zorbland?") == "quantity"
+    assert asks_for("Zorbland was founded in which year?") == "time"
+    assert asks_for("Whose idea was Zorbland?") == "person"
+    assert asks_for("In which city is Zorbland?") == "place"
+    assert asks_for("What does Zorbland make?") is None
 
 
 class FakeWriter:

@@ -117,10 +117,30 @@ def check_pair(question: str, answer: str, passage: str) -> str | None:
     return None
 
 
+# What a question asks for, from its question words (checked in this order).
+ASKS_FOR = (
+    ("quantity", r"\bhow (?:many|much)\b"),
+    ("time", r"\bwhen\b|\bwhat (?:year|date|time)\b|\bwhich (?:year|date|decade)\b"),
+    ("person", r"\bwho(?:m|se)?\b"),
+    ("place", r"\bwhere\b|\b(?:what|which) (?:city|town|country|place|region)\b"),
+)
+
+
+def asks_for(question: str) -> str | None:
+    """``quantity``, ``time``, ``person``, ``place``, or None when the words do not say."""
+    q = question.lower()
+    return next((kind for kind, pattern in ASKS_FOR if re.search(pattern, q)), None)
+
+
 def check_paraphrase(original: str, paraphrase: str) -> bool:
-    """A usable paraphrase: a different question that keeps some of the original's words."""
+    """A usable paraphrase: a different question that keeps some of the original's words
+    and asks for the same kind of thing ("Who founded X?" may not become "When was X
+    founded?")."""
     p = paraphrase.strip()
     if not p.endswith("?") or normalize_answer(p) == normalize_answer(original):
+        return False
+    kind, new_kind = asks_for(original), asks_for(p)
+    if kind is not None and new_kind is not None and kind != new_kind:
         return False
     words = set(normalize_answer(original).split())
     return bool(words) and answer_support(p, original) >= 0.3 and len(p) < 3 * len(original) + 20
