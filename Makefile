@@ -36,6 +36,7 @@ test: lint unit integration
 
 bench: install
 	$(PY) bench/retrieval.py
+	$(PY) bench/fusion.py
 	$(PY) bench/tune.py
 
 clean:
