@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/retrieval.py
 	$(PY) bench/fusion.py
 	$(PY) bench/tune.py
+	$(PY) bench/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

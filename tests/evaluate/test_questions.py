@@ -11,6 +11,7 @@ from ragtune.errors import RagtuneError
 from ragtune.evaluate.questions import (
     Question,
     find_leaks,
+    leaking_examples,
     load_questions,
     select_test,
     write_squad_documents,
@@ -112,3 +113,5 @@ def test_leakage_check() -> None:
     assert find_leaks(test, train) == ["1: When was Zorbland founded?"]
     embedded = [Example([Message("assistant", "FAQ: who is the founder of the velmora guild? X")])]
     assert find_leaks(test, embedded) == ["2: Who is the founder of the Velmora Guild?"]
+    assert leaking_examples(test, train) == {0}
+    assert leaking_examples(test, [*train, *embedded, train[0]]) == {0, 2, 3}

@@ -14,6 +14,7 @@ from ragtune.tune.data import (
     encode_example,
     load_data,
     load_examples,
+    repeat_to_minimum,
     require_valid,
 )
 from ragtune.types import Example, Message
@@ -158,3 +159,10 @@ def test_long_documents_are_split_and_long_chats_truncated(tiny_lm: Path) -> Non
     assert sum(sum(t != IGNORE for t in s.labels) for s in doc_seqs) == n_doc - 1
     assert truncated == [1]  # the chat lost its answer: no sequence left to train on
     assert all(s.example == 0 for s in seqs)
+
+
+def test_repeat_to_minimum_cycles_in_order() -> None:
+    assert repeat_to_minimum(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
+    assert repeat_to_minimum(["a", "b"], 1) == ["a", "b"]
+    assert len(repeat_to_minimum(["a"])) == 10
+    assert repeat_to_minimum([]) == []

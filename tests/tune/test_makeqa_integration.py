@@ -14,8 +14,10 @@ import pytest
 
 from ragtune.cli import main
 from ragtune.evaluate.metrics import normalize_answer
+from ragtune.evaluate.questions import Question, leaking_examples
 from ragtune.evaluate.world import make_world
 from ragtune.models import load_lm
+from ragtune.tune.data import load_examples, repeat_to_minimum
 from tests.tune.conftest import greedy_answer
 
 pytestmark = pytest.mark.integration
@@ -48,23 +50,23 @@ def test_make_qa_then_tune_injects_the_documents_facts(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(doc.text, encoding="utf-8")
     ids = {d.doc_id for d in chosen}
-    held_out = [(f.test_question, f.value) for f in world.facts if f.doc_id in ids]
+    facts = [f for f in world.facts if f.doc_id in ids]
+    held_out = [(f.test_question, f.value) for f in facts]
 
     train = tmp_path / "train.jsonl"
     make_qa = ["make-qa", str(tmp_path / "docs"), "--out", str(train),
                "--base", str(default_lm), "--paraphrases", "4"]  # fmt: skip
     assert main(make_qa) == 0
     # A generated question can coincide with a held-out one: drop those (as compare does),
-    # and repeat the rest up to the 10 examples fine-tuning needs.
-    held = {normalize_answer(q) for q, _ in held_out}
-    generated = [json.loads(line) for line in train.read_text().splitlines()]
-    examples = [
-        e for e in generated if not {normalize_answer(m["content"]) for m in e["messages"]} & held
-    ]
+    # and repeat the rest up to the examples fine-tuning needs.
+    test = [Question(f.fact_id, f.test_question) for f in facts]
+    generated = list(load_examples(train))
+    leaks = leaking_examples(test, generated)
+    examples = [e for i, e in enumerate(generated) if i not in leaks]
     assert examples
     data = tmp_path / "train-no-leaks.jsonl"
-    rows = [examples[i % len(examples)] for i in range(max(10, len(examples)))]
-    data.write_text("".join(json.dumps(e) + "\n" for e in rows), encoding="utf-8")
+    rows = repeat_to_minimum([e.to_dict() for e in examples])
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
     run = tmp_path / "run"
     args = ["tune", "--data", str(data), "--method", "lora", "--base", str(default_lm),
@@ -73,7 +75,7 @@ def test_make_qa_then_tune_injects_the_documents_facts(
     assert main(args) == 0
 
     base, tuned = _correct(default_lm, held_out), _correct(run, held_out)
-    trained_values = {normalize_answer(m["content"]) for e in examples for m in e["messages"]}
+    trained_values = {normalize_answer(m.content) for e in examples for m in e.messages}
     covered = [normalize_answer(v) in trained_values for _, v in held_out]
     report = {
         "generated": len(generated),

@@ -46,6 +46,7 @@ from ragtune.evaluate.metrics import (
 from ragtune.evaluate.questions import (
     Question,
     find_leaks,
+    leaking_examples,
     load_questions,
     select_test,
     write_squad_documents,
@@ -53,6 +54,7 @@ from ragtune.evaluate.questions import (
 from ragtune.evaluate.report import write_report
 from ragtune.evaluate.stats import bootstrap_ci, mcnemar, paired_bootstrap, percentile
 from ragtune.generate.prompts import RAG_INSTRUCTION, strip_citations
+from ragtune.tune.data import load_examples, repeat_to_minimum
 from ragtune.types import Example, SearchMode
 
 log = logging.getLogger(__name__)
@@ -505,16 +507,16 @@ def _map_gold_docs(test: list[Question], kb_name: str, say: Say) -> list[Questio
 
 def _write_generated(generated: Path, train_file: Path, test: list[Question], say: Say) -> None:
     """Keep the generated examples that do not contain a test question (a generated question
-    can coincide with one), repeated up to the 10 examples fine-tuning needs."""
+    can coincide with one), repeated up to the examples fine-tuning needs."""
     lines = [line for line in generated.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if not find_leaks(test, [Example.from_dict(json.loads(line))])]
-    if len(kept) < len(lines):
-        say(f"dropped {len(lines) - len(kept)} generated example(s) that contain a test question")
+    leaks = leaking_examples(test, [Example.from_dict(json.loads(line)) for line in lines])
+    if leaks:
+        say(f"dropped {len(leaks)} generated example(s) that contain a test question")
+    kept = [line for i, line in enumerate(lines) if i not in leaks]
     if not kept:
         raise RagtuneError("make-qa produced no usable training examples", "pass --train")
-    repeated = [kept[i % len(kept)] for i in range(max(len(kept), 10))]
     tmp = train_file.with_name(f".{train_file.name}.tmp")
-    tmp.write_text("\n".join(repeated) + "\n", encoding="utf-8")
+    tmp.write_text("\n".join(repeat_to_minimum(kept)) + "\n", encoding="utf-8")
     os.replace(tmp, train_file)
 
 
@@ -547,8 +549,6 @@ def _tune_args(train: Path, run_dir: Path, s: CompareSettings, resume: bool) -> 
 
 
 def _training_examples(path: Path) -> list[Any]:
-    from ragtune.tune.data import load_examples
-
     return list(load_examples(path))
 
 
@@ -778,10 +778,8 @@ def _retrain(
     if not updated:
         say("freshness: no training example mentions a changed fact; retraining skipped")
         return None
-    # Fine-tuning needs at least 10 examples; repeating a few is the same as more epochs.
-    repeated = [updated[i % len(updated)] for i in range(max(len(updated), 10))]
     new_train = state / "train-fresh.jsonl"
-    new_train.write_text("\n".join(repeated) + "\n", encoding="utf-8")
+    new_train.write_text("\n".join(repeat_to_minimum(updated)) + "\n", encoding="utf-8")
     new_run = state / "ft-run-fresh"
     say(f"freshness: fine-tuning the fine-tuned arm on the {len(updated)} updated examples")
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import json
 import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -165,13 +165,27 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().translate(_PUNCT).split())
 
 
-def find_leaks(test: Sequence[Question], examples: Sequence[Example]) -> list[str]:
-    """Test questions whose text (normalised: case, punctuation, spacing) appears in a
-    training example's prompt or answer — training on the test questions is leakage."""
-    texts = [_norm(m.content) for ex in examples for m in ex.messages]
-    leaks = []
+def _leak_pairs(
+    test: Sequence[Question], examples: Sequence[Example]
+) -> Iterator[tuple[Question, int]]:
+    """(test question, example index) for every example whose prompt or answer contains the
+    question's text (normalised: case, punctuation, spacing; whole text, or inside a longer
+    one when the question is over 20 characters)."""
+    texts = [(i, _norm(m.content)) for i, ex in enumerate(examples) for m in ex.messages]
     for q in test:
         nq = _norm(q.question)
-        if nq and any(nq == t or (len(nq) > 20 and nq in t) for t in texts):
-            leaks.append(f"{q.qid}: {q.question}")
-    return leaks
+        if nq:
+            for i, t in texts:
+                if nq == t or (len(nq) > 20 and nq in t):
+                    yield q, i
+
+
+def find_leaks(test: Sequence[Question], examples: Sequence[Example]) -> list[str]:
+    """Test questions that appear in a training example — training on the test questions
+    is leakage."""
+    return list(dict.fromkeys(f"{q.qid}: {q.question}" for q, _ in _leak_pairs(test, examples)))
+
+
+def leaking_examples(test: Sequence[Question], examples: Sequence[Example]) -> set[int]:
+    """Indices of the examples that contain a test question (see :func:`find_leaks`)."""
+    return {i for _, i in _leak_pairs(test, examples)}

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from ragtune.errors import RagtuneError
 from ragtune.generate.prompts import render_chat_segments
@@ -163,6 +163,15 @@ def require_valid(data: TrainingData, what: str = "training data") -> None:
         f"The {what} in {data.path} is invalid ({counts}):\n{lines}",
         f"fix the lines above; `ragtune validate {data.path}` re-checks without training",
     )
+
+
+T = TypeVar("T")
+
+
+def repeat_to_minimum(items: Sequence[T], n: int = MIN_EXAMPLES) -> list[T]:
+    """``items`` repeated in order until there are at least ``n`` of them. A training file
+    needs MIN_EXAMPLES; repeating a few examples is the same as more epochs over them."""
+    return [items[i % len(items)] for i in range(max(len(items), n))] if items else []
 
 
 def file_sha256(path: Path) -> str:
