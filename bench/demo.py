@@ -27,7 +27,8 @@ ARM_KEYS = ("f1", "f1_ci", "contains", "format_ok", "citation_correct", "prep_s"
 def run_demo(home: Path, out: Path, seed: int) -> float:
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "ragtune.cli", "demo", "--out", str(out), "--seed", str(seed)]
-    proc = subprocess.run(cmd, env={**os.environ, "RAGTUNE_HOME": str(home)})
+    # The demo's own output goes to stderr, so stdout holds only the JSON report.
+    proc = subprocess.run(cmd, env={**os.environ, "RAGTUNE_HOME": str(home)}, stdout=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"ragtune demo failed (exit {proc.returncode})")
     return time.perf_counter() - start
