@@ -8,10 +8,11 @@ not relevant. A query without relevant ids scores 0.
 from __future__ import annotations
 
 import math
-import re
-import string
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+
+from ragtune.text import answer_support as answer_support
+from ragtune.text import normalize_answer as normalize_answer
+from ragtune.text import token_f1 as token_f1
 
 # --- retrieval metrics ---------------------------------------------------------------------
 
@@ -76,16 +77,7 @@ def mean_over_queries(
     return total / len(qrels)
 
 
-# --- answer metrics ------------------------------------------------------------------------
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation (Rajpurkar et al. 2016): lowercase, drop punctuation and the
-    articles a/an/the, collapse whitespace."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+# --- answer metrics (normalisation and token overlap live in ragtune.text) ----------------
 
 
 def exact_match(prediction: str, golds: Sequence[str]) -> float:
@@ -94,34 +86,7 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in golds))
 
 
-def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    overlap = sum(common.values())
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def token_f1(prediction: str, golds: Sequence[str]) -> float:
-    """Max over gold answers of the token-bag F1 = 2PR/(P+R) on normalised tokens (SQuAD)."""
-    pred = normalize_answer(prediction).split()
-    return max((_f1(pred, normalize_answer(g).split()) for g in golds), default=0.0)
-
-
 def answer_contains(prediction: str, golds: Sequence[str]) -> float:
     """1.0 if any normalised gold answer occurs in the normalised prediction as whole words."""
     pred = f" {normalize_answer(prediction)} "
     return float(any(g and f" {g} " in pred for g in map(normalize_answer, golds)))
-
-
-def answer_support(answer: str, context: str) -> float:
-    """Share of the answer's normalised tokens that occur in ``context`` (0 for an empty
-    answer): the groundedness of an answer in the text it was given."""
-    tokens = normalize_answer(answer).split()
-    if not tokens:
-        return 0.0
-    vocab = set(normalize_answer(context).split())
-    return sum(t in vocab for t in tokens) / len(tokens)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ragtune.evaluate.metrics import answer_support
 from ragtune.generate.engine import Generator
 from ragtune.generate.prompts import (
     RAG_FEWSHOT,
@@ -20,6 +19,7 @@ from ragtune.generate.prompts import (
     rag_messages,
     strip_citations,
 )
+from ragtune.text import answer_support
 from ragtune.types import Answer, Citation, Hit, Message
 
 MIN_SUPPORT = 0.5  # share of answer tokens a source must contain to be attributed

@@ -25,8 +25,9 @@ from ragtune.config import EmbedBackend, IngestConfig, kb_path
 from ragtune.errors import RagtuneError
 from ragtune.ingest.chunking import chunk_document
 from ragtune.ingest.loaders import SkipFile, discover, load_file
+from ragtune.io import write_json_atomic
 from ragtune.models import model_fingerprint, resolve_embedder
-from ragtune.retrieve.kb import new_manifest, read_manifest, write_json_atomic
+from ragtune.retrieve.kb import new_manifest, read_manifest
 from ragtune.retrieve.store import LanceStore, index_text
 from ragtune.types import Document
 

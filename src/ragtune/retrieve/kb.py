@@ -13,7 +13,6 @@ snapshot readers must see, so an interrupted ingest never leaves a half-written 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,15 +32,6 @@ if TYPE_CHECKING:
     from ragtune.retrieve.rerank import CrossEncoderReranker
 
 KB_FORMAT_VERSION = 1
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(folder: Path, name: str) -> dict[str, Any]:

@@ -8,52 +8,20 @@ the middle of a write never damages the previous checkpoint.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from ragtune.errors import RagtuneError
+from ragtune.io import write_atomic as write_atomic
+from ragtune.io import write_json_atomic as write_json_atomic
 
 FORMAT_VERSION = 1
 KEEP = 3
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write ``data`` (bytes, or a function that writes to a file) to ``path`` through a
-    temporary file, fsync and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        if isinstance(data, bytes):
-            fh.write(data)
-        else:
-            data(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragtune.errors import RagtuneError
-from ragtune.tune.checkpoint import write_json_atomic
+from ragtune.io import write_json_atomic
 
 MANIFEST_VERSION = 1
 RUN_KIND = "ragtune-run"
@@ -58,7 +58,7 @@ class EventLog:
 
 
 def write_json_lines(path: Path, events: list[dict[str, Any]]) -> None:
-    from ragtune.tune.checkpoint import write_atomic
+    from ragtune.io import write_atomic
 
     write_atomic(path, "".join(json.dumps(e) + "\n" for e in events).encode())
 

@@ -20,8 +20,8 @@ from itertools import zip_longest
 from typing import Any, Protocol
 
 from ragtune.errors import RagtuneError
-from ragtune.evaluate.metrics import answer_support, normalize_answer, token_f1
 from ragtune.generate.engine import Generator
+from ragtune.text import answer_support, normalize_answer, token_f1
 
 MAX_ANSWER_WORDS = 12
 

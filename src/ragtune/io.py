@@ -1,0 +1,76 @@
+"""Leaf file helpers every stage may import: atomic writes and content hashes.
+
+An atomic write goes to a temporary file in the target's folder, is flushed and fsynced,
+then renamed over the target with ``os.replace`` (atomic on POSIX within one file
+system), and the folder is fsynced so the rename itself survives a power cut. A crash at
+any point leaves either the old file or the new one, never a half-written file; the
+temporary file is removed when the write fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it is durable (a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path``
+    whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                data(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> None:
+    write_atomic(path, (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode())
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order),
+    read in 1 MiB blocks so memory stays flat whatever the size."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
