@@ -17,7 +17,13 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ragtune.errors import RagtuneError
-from ragtune.ingest.chunking import Boundary, boundary_classes, chunk_document, split_windows
+from ragtune.ingest.chunking import (
+    Boundary,
+    boundary_classes,
+    chunk_document,
+    iter_chunks,
+    split_windows,
+)
 from ragtune.types import Chunk, Document
 from tests.conftest import shared_data
 
@@ -344,6 +350,40 @@ def test_no_sequence_length_warning(tokenizer: Any, caplog: pytest.LogCaptureFix
     finally:
         transformers.logging.disable_propagation()
     assert "sequence length" not in caplog.text
+
+
+@pytest.mark.parametrize("segment_chars", [40, 97, 300, 1000])
+@pytest.mark.parametrize(("chunk_tokens", "overlap"), [(8, 3), (20, 8), (64, 32)])
+def test_segmented_chunking_equals_one_pass(
+    tokenizer: Any, segment_chars: int, chunk_tokens: int, overlap: int
+) -> None:
+    rng = random.Random(segment_chars + chunk_tokens)
+    text = "\n\n".join(rng.choice(PARAGRAPHS) + "  \n " * rng.randint(0, 1) for _ in range(60))
+    doc = Document("d", text, "s")
+    one_pass = list(iter_chunks(doc, tokenizer, chunk_tokens, overlap, segment_chars=10**9))
+    assert list(iter_chunks(doc, tokenizer, chunk_tokens, overlap, segment_chars)) == one_pass
+    check_chunks(doc, one_pass, tokenizer, chunk_tokens)
+
+
+def test_segmented_chunking_tokenizes_bounded_pieces(tokenizer: Any) -> None:
+    """A long text is never handed to the tokenizer whole: each call gets at most one
+    segment, and the chunks come out before the text's end has been tokenized."""
+    calls: list[int] = []
+
+    class Counting:
+        is_fast = True
+
+        def __call__(self, text: str, **kwargs: Any) -> Any:
+            calls.append(len(text))
+            return tokenizer(text, **kwargs)
+
+    doc = Document("d", TEXT * 400, "s")  # about 120,000 characters
+    chunks = iter_chunks(doc, Counting(), 20, 8, segment_chars=2000)  # type: ignore[arg-type]
+    first = next(chunks)
+    assert first.start == 0 and len(calls) == 1
+    rest = list(chunks)
+    assert max(calls) <= 2000 and sum(calls) == len(doc.text)
+    assert [first, *rest] == chunk_document(doc, tokenizer, 20, 8)
 
 
 def test_slow_tokenizer_is_rejected() -> None:

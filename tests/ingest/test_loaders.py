@@ -449,6 +449,10 @@ def test_bad_files_are_skipped_with_one_line_reasons(tmp_path: Path) -> None:
     assert skip_reason(with_bom).startswith("not UTF-8: invalid byte 0xff at byte offset 5 ")
     big = write(tmp_path / "big.txt", "x" * 2000)
     assert skip_reason(big, max_bytes=1024) == "file is 2.0 KiB, over the limit of 1.0 KiB"
+    just_over = write(tmp_path / "just.txt", "x" * (2**20 + 1024))  # 1 KiB over 1 MiB
+    assert skip_reason(just_over, max_bytes=2**20) == (
+        "file is 1,049,600 bytes, over the limit of 1,048,576 bytes (1.0 MiB)"
+    )
     folder = tmp_path / "folder.txt"
     folder.mkdir()
     assert skip_reason(folder) == "not a regular file"

@@ -69,7 +69,8 @@ class Progress:
 
     def update(self, phase: str, advance: int, total: int) -> None:
         if phase not in self._tasks:
-            self._tasks[phase] = self._bar.add_task(PHASES.get(phase, phase), total=total)
+            name = PHASES.get(phase) or "  " + phase.removeprefix("doc:")  # one big document
+            self._tasks[phase] = self._bar.add_task(name, total=total)
         self._bar.update(self._tasks[phase], advance=advance, total=total)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,10 @@ _SPECIAL_RUN = re.compile(r"(?=\s)(?:\s{2,}|[^\S ])")
 _SENTENCE_END = frozenset(".!?…")
 _CLOSERS = frozenset("\"')]}»”’")
 _SENTENCE_CHARS = _SENTENCE_END | _CLOSERS
+_LAST_RUN_START = re.compile(r"(?s:.*)\S(?=\s)")  # greedy: matches up to the last such place
+
+
+SEGMENT_CHARS = 1 << 18  # text tokenized per call: bounds memory whatever the document size
 
 
 def chunk_document(
@@ -63,43 +67,98 @@ def chunk_document(
     ``chunk.text == doc.text[chunk.start:chunk.end]`` and has no surrounding whitespace;
     ids are ``"<doc_id>#<index>"``. A text with no tokens gives no chunks.
     """
+    return list(iter_chunks(doc, tokenizer, chunk_tokens, overlap))
+
+
+def iter_chunks(
+    doc: Document,
+    tokenizer: PreTrainedTokenizerBase,
+    chunk_tokens: int = 800,
+    overlap: int = 400,
+    segment_chars: int | None = None,
+) -> Iterator[Chunk]:
+    """The chunks of :func:`chunk_document`, one at a time, in bounded memory.
+
+    The text is tokenized ``segment_chars`` characters at a time, each segment ending
+    where a whitespace run starts, and the windows are chosen exactly as
+    :func:`split_windows` does (it only ever looks ``chunk_tokens`` tokens ahead), so a
+    document of any size needs memory for one segment's tokens, not the whole text's.
+    For tokenizers that split at whitespace (WordPiece, byte-level BPE) the chunks equal
+    those of one pass over the whole text; a text shorter than a segment is one pass.
+    """
     check_sizes(chunk_tokens, overlap)
     if not getattr(tokenizer, "is_fast", False):
         raise RagtuneError(
             "Chunking needs a fast (Rust) tokenizer for character offsets",
             "use an embedder folder that has a tokenizer.json",
         )
-    encoding = tokenizer(
-        doc.text,
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        truncation=False,
-        verbose=False,  # no "longer than the maximum sequence length" warning
-    )
-    offsets: list[tuple[int, int]] = encoding["offset_mapping"]
-    windows = split_windows(boundary_classes(doc.text, offsets), chunk_tokens, overlap)
-    chunks: list[Chunk] = []
-    for first, last in windows:
-        start, end = _strip_span(doc.text, offsets[first][0], offsets[last - 1][1])
-        if start == end:
-            continue
-        index = len(chunks)
-        chunks.append(
-            Chunk(
-                chunk_id=f"{doc.doc_id}#{index}",
-                doc_id=doc.doc_id,
-                index=index,
-                text=doc.text[start:end],
-                start=start,
-                end=end,
-                source=doc.source,
-                title=doc.title,
-                attributes=dict(doc.attributes),
+    segment_chars = segment_chars or SEGMENT_CHARS
+    text = doc.text
+    offsets: list[tuple[int, int]] = []  # buffered tokens, absolute character offsets
+    cls = bytearray()  # cls[i]: class of cutting before buffered token i
+    pos = 0  # text tokenized so far
+    last: tuple[int, int] | None = None  # the last token tokenized
+    start, prev_end, index = 0, 0, 0  # window start and previous end, buffer-relative
+
+    while True:
+        while pos < len(text) and len(offsets) - start <= chunk_tokens:
+            cut = _segment_end(text, pos, segment_chars)
+            encoding = tokenizer(
+                text[pos:cut],
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                truncation=False,
+                verbose=False,  # no "longer than the maximum sequence length" warning
             )
-        )
-    return chunks
+            new = [(s + pos, e + pos) for s, e in encoding["offset_mapping"]]
+            cls.extend(_cut_classes(text, last, new, pos, cut))
+            offsets.extend(new)
+            last = offsets[-1] if offsets else last
+            pos = cut
+        final = len(offsets) - start <= chunk_tokens  # the rest fits in one window
+        if final:
+            first, stop = start, len(offsets)
+        else:
+            lo = max(start + (chunk_tokens + 1) // 2, prev_end + 1)
+            first, stop = start, _latest_best(cls, lo, start + chunk_tokens)
+            start, prev_end = _next_start(cls, start, stop, chunk_tokens, overlap), stop
+        if stop > first:
+            span = _strip_span(text, offsets[first][0], offsets[stop - 1][1])
+            if span[0] != span[1]:
+                yield _chunk(doc, index, *span)
+                index += 1
+        if final:
+            return
+        if start > len(offsets) // 2:  # drop tokens no window can reach any more
+            del offsets[:start], cls[:start]
+            prev_end -= start
+            start = 0
+
+
+def _chunk(doc: Document, index: int, start: int, end: int) -> Chunk:
+    return Chunk(
+        chunk_id=f"{doc.doc_id}#{index}",
+        doc_id=doc.doc_id,
+        index=index,
+        text=doc.text[start:end],
+        start=start,
+        end=end,
+        source=doc.source,
+        title=doc.title,
+        attributes=dict(doc.attributes),
+    )
+
+
+def _segment_end(text: str, pos: int, size: int) -> int:
+    """Where the segment starting at ``pos`` ends: the text's end, or the start of the last
+    whitespace run in the second half of ``[pos, pos + size)`` (a hard cut if none)."""
+    if len(text) - pos <= size:
+        return len(text)
+    hi = pos + size
+    m = _LAST_RUN_START.search(text, pos + size // 2, hi)
+    return m.end() if m else hi
 
 
 def check_sizes(chunk_tokens: int, overlap: int) -> None:
@@ -135,9 +194,25 @@ def boundary_classes(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]
     A sentence end is ``. ! ? …``, optionally followed by closing quotes or brackets,
     then whitespace, then anything but a lowercase letter (so "e.g. this" is not one).
     """
+    if not offsets:
+        return [int(Boundary.PARAGRAPH)]
+    inner = _cut_classes(text, None, offsets, 0, len(text))[1:]
+    return [int(Boundary.PARAGRAPH), *inner, int(Boundary.PARAGRAPH)]
+
+
+def _cut_classes(
+    text: str,
+    before: tuple[int, int] | None,
+    offsets: Sequence[tuple[int, int]],
+    lo: int,
+    hi: int,
+) -> list[int]:
+    """The class of cutting before each of ``offsets`` (tokens lying in ``text[lo:hi]``);
+    ``before`` is the token preceding the first one (None at the text's start, a
+    PARAGRAPH cut). A whitespace run touching a token start lies within ``[lo, hi)``."""
     # Runs other than a single space are few (line breaks, indents): classify them up
     # front; single spaces, most gaps, take the fast path below.
-    special = [(m.start(), m.end()) for m in _SPECIAL_RUN.finditer(text)]
+    special = [(m.start(), m.end()) for m in _SPECIAL_RUN.finditer(text, lo, hi)]
     special_starts = [start for start, _ in special]
     special_classes = [_run_class(text, start, end) for start, end in special]
 
@@ -152,10 +227,11 @@ def boundary_classes(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]
             return _space_class(text, pos)
         return Boundary.TOKEN
 
-    n = len(offsets)
-    classes = [int(Boundary.PARAGRAPH)] * (n + 1)
-    for i in range(1, n):
-        prev_end, start = offsets[i - 1][1], offsets[i][0]
+    classes = [int(Boundary.PARAGRAPH)] * len(offsets)
+    for i in range(len(offsets)):
+        if i == 0 and before is None:
+            continue
+        prev_end, start = (offsets[i - 1] if i else before)[1], offsets[i][0]  # type: ignore[index]
         if prev_end > start:
             classes[i] = Boundary.INSIDE_CHAR
         elif (
@@ -220,13 +296,15 @@ def split_windows(classes: Sequence[int], chunk_tokens: int, overlap: int) -> li
     return windows
 
 
-def _latest_best(cls: bytes, lo: int, hi: int) -> int:
+def _latest_best(cls: bytes | bytearray, lo: int, hi: int) -> int:
     """The latest position in ``[lo, hi]`` with the highest class there."""
     best = max(cls[lo : hi + 1])
     return cls.rfind(bytes([best]), lo, hi + 1)
 
 
-def _next_start(cls: bytes, start: int, end: int, chunk_tokens: int, overlap: int) -> int:
+def _next_start(
+    cls: bytes | bytearray, start: int, end: int, chunk_tokens: int, overlap: int
+) -> int:
     """Where the window after ``[start, end)`` starts: the best boundary nearest to
     ``end - overlap'`` (``overlap`` scaled by the window's fill), looking a quarter of
     ``overlap'`` either side, or the whole window when that finds no word boundary."""
@@ -241,7 +319,7 @@ def _next_start(cls: bytes, start: int, end: int, chunk_tokens: int, overlap: in
     return _nearest_best(cls, lo, hi, target)
 
 
-def _nearest_best(cls: bytes, lo: int, hi: int, target: int) -> int:
+def _nearest_best(cls: bytes | bytearray, lo: int, hi: int, target: int) -> int:
     """The position in ``[lo, hi]`` with the highest class there that is nearest to
     ``target`` (the earlier one on a tie)."""
     best = bytes([max(cls[lo : hi + 1])])

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,9 @@ class Loaded:
 # --- discovery and identity --------------------------------------------------------------
 
 
-def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
+def discover(
+    paths: Sequence[Path], on_skip: Callable[[str, str], None] | None = None
+) -> Iterator[tuple[Path, Path]]:
     """Yield ``(file, root)`` for every file to ingest under ``paths``.
 
     A directory is walked recursively (symlinked folders are followed, each real folder
@@ -70,7 +72,8 @@ def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
     a hidden or unsupported one, so ``load_file`` can say why it is not ingested rather
     than ignoring it silently; its root is the file itself. A file reached twice (two
     arguments, or a symlink) is yielded once, the first time. Every path is checked
-    before anything is yielded: a missing one raises ``RagtuneError``.
+    before anything is yielded: a missing one raises ``RagtuneError``. A folder that
+    cannot be listed is passed to ``on_skip(folder, reason)`` (and logged without one).
     """
     for path in paths:
         if not os.path.lexists(path) or (path.is_symlink() and not path.exists()):
@@ -80,7 +83,7 @@ def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
             )
     seen: set[Path] = set()
     for path in paths:
-        files = _walk(path) if path.is_dir() else [path]
+        files = _walk(path, on_skip) if path.is_dir() else [path]
         for file in files:
             real = file.resolve()
             if real not in seen:
@@ -88,13 +91,17 @@ def discover(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
                 yield file, path
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
     """The supported, non-hidden files under ``root``, sorted by their relative path parts."""
     found: list[tuple[tuple[str, ...], Path]] = []
     visited = {os.path.realpath(root)}
 
     def on_error(err: OSError) -> None:
-        log.warning("cannot list %s: %s", err.filename, err.strerror)
+        reason = f"cannot list folder: {err.strerror or err}"
+        if on_skip is not None:
+            on_skip(str(err.filename), reason)
+        else:
+            log.warning("%s: %s", err.filename, reason)
 
     for folder, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
         keep = []
@@ -154,6 +161,26 @@ def load_file(
     merged over the ones read from the file (the caller's win). ``max_bytes`` limits the
     file size, except for ``.jsonl`` corpora, where it limits each record's text instead.
     """
+    documents: list[Document] = []
+    skipped: list[tuple[str, str]] = []
+    for item in iter_file(file, root, max_bytes, attributes):
+        if isinstance(item, Document):
+            documents.append(item)
+        else:
+            skipped.append(item)
+    return Loaded(documents, skipped)
+
+
+def iter_file(
+    file: Path,
+    root: Path,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    attributes: Mapping[str, str] | None = None,
+) -> Iterator[Document | tuple[str, str]]:
+    """What :func:`load_file` returns, one document or ``(what, reason)`` skip at a time,
+    so a large BEIR corpus is never held in memory whole. ``SkipFile`` is raised while
+    iterating (for a corpus, before its first record or, if it cannot be read further,
+    part-way)."""
     suffix = _suffix(file)
     if suffix not in SUPPORTED_SUFFIXES:
         shown = suffix or "(no suffix)"
@@ -166,12 +193,12 @@ def load_file(
     if suffix == ".jsonl":
         if size == 0:
             raise SkipFile("empty file")
-        return _load_corpus(file, source, max_bytes, extra)
+        yield from _iter_corpus(file, source, max_bytes, extra)
+        return
     data = _read_limited(file, size, max_bytes)
-    skipped: list[tuple[str, str]] = []
     if suffix == ".pdf":
         title, text, failed = _pdf_text(data)
-        skipped = [(f"{file} page {number}", reason) for number, reason in failed]
+        yield from ((f"{file} page {number}", reason) for number, reason in failed)
     else:
         text = _decode_text(data)
         if suffix in (".md", ".markdown"):
@@ -185,8 +212,8 @@ def load_file(
             title = ""
         if not text.strip():
             raise SkipFile("no text left after removing markup and front matter")
-    doc = _document(doc_id_for(file, root), text, source, title, extra)
-    return Loaded([doc], skipped)
+    del data
+    yield _document(doc_id_for(file, root), text, source, title, extra)
 
 
 def _suffix(file: Path) -> str:
@@ -221,7 +248,7 @@ def _read_limited(file: Path, size: int, max_bytes: int) -> bytes:
     if size == 0:
         raise SkipFile("empty file")
     if size > max_bytes:
-        raise SkipFile(f"file is {format_size(size)}, over the limit of {format_size(max_bytes)}")
+        raise SkipFile(f"file is {over_limit(size, max_bytes)}")
     try:
         with open(file, "rb") as fh:
             data = fh.read(max_bytes + 1)
@@ -232,6 +259,14 @@ def _read_limited(file: Path, size: int, max_bytes: int) -> bytes:
     if not data:
         raise SkipFile("empty file")
     return data
+
+
+def over_limit(size: int, limit: int) -> str:
+    """``"60.0 MiB, over the limit of 50.0 MiB"``, in bytes where rounding would hide the
+    difference (``"52,429,825 bytes, over the limit of 52,428,800 bytes (50.0 MiB)"``)."""
+    if format_size(size) != format_size(limit):
+        return f"{format_size(size)}, over the limit of {format_size(limit)}"
+    return f"{size:,} bytes, over the limit of {limit:,} bytes ({format_size(limit)})"
 
 
 def format_size(n: int) -> str:
@@ -384,10 +419,11 @@ def _pdf_text(data: bytes) -> tuple[str, str, list[tuple[int, str]]]:
 # --- BEIR corpus (jsonl) ---------------------------------------------------------------
 
 
-def _load_corpus(file: Path, source: str, max_bytes: int, extra: dict[str, str]) -> Loaded:
+def _iter_corpus(
+    file: Path, source: str, max_bytes: int, extra: dict[str, str]
+) -> Iterator[Document | tuple[str, str]]:
     """A BEIR ``corpus.jsonl``, read line by line; bad records are skipped, not fatal."""
-    documents: list[Document] = []
-    skipped: list[tuple[str, str]] = []
+    any_record = False
     try:
         with open(file, "rb") as fh:
             reason = binary_reason(fh.read(_SNIFF_BYTES))
@@ -395,15 +431,12 @@ def _load_corpus(file: Path, source: str, max_bytes: int, extra: dict[str, str])
                 raise SkipFile(reason)
             fh.seek(0)
             for item in _corpus_records(fh, str(file), source, max_bytes, extra):
-                if isinstance(item, Document):
-                    documents.append(item)
-                else:
-                    skipped.append(item)
+                any_record = True
+                yield item
     except OSError as e:
         raise SkipFile(f"cannot read: {e.strerror or e}") from None
-    if not documents and not skipped:
+    if not any_record:
         raise SkipFile("empty file (only whitespace)")
-    return Loaded(documents, skipped)
 
 
 def _corpus_records(
@@ -484,7 +517,7 @@ def _corpus_document(
         return f"empty text (id {doc_id!r})"
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        return f"text is {format_size(size)}, over the limit of {format_size(max_bytes)}"
+        return f"text is {over_limit(size, max_bytes)}"
     if title is not None and not isinstance(title, str):
         return "'title' is not a string"
     if metadata is not None and not isinstance(metadata, dict):

@@ -19,24 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ragtune.config import EmbedBackend, IngestConfig, kb_path
 from ragtune.errors import RagtuneError
-from ragtune.ingest.chunking import chunk_document
-from ragtune.ingest.loaders import SkipFile, discover, load_file
+from ragtune.ingest.chunking import check_sizes, iter_chunks
+from ragtune.ingest.loaders import SkipFile, discover, iter_file
 from ragtune.io import write_json_atomic
 from ragtune.models import model_fingerprint, resolve_embedder
 from ragtune.retrieve.kb import new_manifest, read_manifest
 from ragtune.retrieve.store import LanceStore, index_text
-from ragtune.types import Document
+from ragtune.types import Chunk, Document
 
 log = logging.getLogger(__name__)
 
-# (phase, advance, total): phase "read" counts files, "embed" counts chunks.
+# (phase, advance, total): "read" counts files, "embed" counts chunks (its total grows as
+# files are read), "doc:<id>" counts the characters of one big document done.
 Progress = Callable[[str, int, int], None]
 
-EMBED_GROUP = 1024  # chunks embedded and written per store append
+EMBED_GROUP = 1024  # chunks embedded and written per store append: bounds memory
+BIG_DOCUMENT_CHARS = 1 << 20  # documents this long get a progress bar of their own
 
 
 @dataclass
@@ -106,6 +106,87 @@ def _under(source: str, roots: Sequence[Path]) -> bool:
     return False
 
 
+class _Writer:
+    """Stages new and changed documents into the store in bounded groups.
+
+    Documents are chunked as they come; every ``EMBED_GROUP`` chunks are embedded and
+    appended (an updated document's old rows are deleted first), so memory holds one
+    group, never the corpus. The embedder and a new store are created on first use, so an
+    ingest that changes nothing loads neither.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        store: LanceStore | None,
+        tokenizer: Any,
+        cfg: dict[str, Any],
+        device: str,
+        progress: Progress | None,
+    ) -> None:
+        self.folder, self.store, self.tokenizer = folder, store, tokenizer
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.emb: Any = None
+        self.docs: list[Document] = []
+        self.replaced: list[str] = []  # updated documents in the group: delete before adding
+        self.chunks: list[Chunk] = []
+        self.queued = 0  # chunks seen so far (the embed bar's total)
+        self.embedded = 0
+        self.max_group_chunks = 0  # the largest group embedded (for tests: memory is bounded)
+
+    def _open(self) -> LanceStore:
+        if self.emb is None:
+            from ragtune.retrieve.dense import load_embedder
+
+            self.emb = load_embedder(
+                str(self.cfg["embedder"]), backend=self.cfg["backend"], device=self.device
+            )
+        if self.store is None:
+            self.store = LanceStore(self.folder, self.emb.dim, None)
+        return self.store
+
+    def add(self, doc: Document, replaces: bool) -> None:
+        self.docs.append(doc)
+        if replaces:
+            self.replaced.append(doc.doc_id)
+        big = self.progress is not None and len(doc.text) >= BIG_DOCUMENT_CHARS
+        done = 0
+        for chunk in iter_chunks(
+            doc, self.tokenizer, int(self.cfg["chunk_tokens"]), int(self.cfg["chunk_overlap"])
+        ):
+            self.chunks.append(chunk)
+            self.queued += 1
+            if len(self.chunks) >= EMBED_GROUP:
+                self.flush()
+                if big and self.progress:
+                    self.progress(f"doc:{doc.doc_id}", chunk.end - done, len(doc.text))
+                    done = chunk.end
+        if big and self.progress:
+            self.progress(f"doc:{doc.doc_id}", len(doc.text) - done, len(doc.text))
+
+    def remove(self, doc_ids: list[str]) -> None:
+        self._open().delete_documents(doc_ids)
+
+    def flush(self) -> None:
+        if not self.docs and not self.chunks:
+            return
+        from ragtune.retrieve.dense import embed
+
+        store = self._open()
+        store.delete_documents(self.replaced)
+        report = self.progress
+        vectors = embed(
+            self.emb,
+            [index_text(c) for c in self.chunks],
+            batch_size=int(self.cfg["batch_size"]),
+            progress=(lambda n: report("embed", n, self.queued)) if report else None,
+        )
+        store.add(self.docs, self.chunks, vectors)
+        self.max_group_chunks = max(self.max_group_chunks, len(self.chunks))
+        self.embedded += len(self.chunks)
+        self.docs, self.replaced, self.chunks = [], [], []
+
+
 def ingest(
     paths: Sequence[Path],
     kb: str,
@@ -125,25 +206,49 @@ def ingest(
 
     Settings left as None come from the knowledge base (or the defaults for a new one);
     changing the embedder or chunking of an existing knowledge base needs ``rebuild``.
+    Files are read, chunked, embedded and written one bounded group at a time, so memory
+    does not grow with the size of a file or the number of files.
     """
-    t0 = time.perf_counter()
-    folder = kb_path(kb)
-    report = IngestReport(kb=kb)
-    for key, value in (("chunk_tokens", chunk_tokens), ("chunk_overlap", chunk_overlap)):
-        if value is not None and value < 0:
-            raise RagtuneError(f"{key} must be positive")
-    files = list(discover(paths))  # raises for paths that do not exist
-    with _writer_lock(folder, kb):
-        manifest = None if rebuild else _existing_manifest(folder, kb)
-        requested = {
+    return _ingest(
+        paths,
+        kb,
+        {
             "embedder": embedder,
             "backend": backend,
             "chunk_tokens": chunk_tokens,
             "chunk_overlap": chunk_overlap,
             "max_file_mb": max_file_mb,
             "batch_size": batch_size,
-        }
+        },
+        attributes,
+        prune,
+        rebuild,
+        device,
+        progress,
+    )[0]
+
+
+def _ingest(
+    paths: Sequence[Path],
+    kb: str,
+    requested: dict[str, Any],
+    attributes: Mapping[str, str] | None,
+    prune: bool,
+    rebuild: bool,
+    device: str,
+    progress: Progress | None,
+) -> tuple[IngestReport, _Writer | None]:
+    t0 = time.perf_counter()
+    folder = kb_path(kb)
+    report = IngestReport(kb=kb)
+    for key in ("chunk_tokens", "chunk_overlap"):
+        if requested[key] is not None and requested[key] < 0:
+            raise RagtuneError(f"{key} must be positive")
+    files = list(discover(paths, on_skip=lambda what, why: report.skipped.append((what, why))))
+    with _writer_lock(folder, kb):
+        manifest = None if rebuild else _existing_manifest(folder, kb)
         cfg = _settings(manifest, requested, kb)
+        check_sizes(int(cfg["chunk_tokens"]), int(cfg["chunk_overlap"]))
         embedder_dir = resolve_embedder(cfg["embedder"])
         if manifest is not None:
             _check_embedder(manifest, embedder_dir, kb)
@@ -156,21 +261,19 @@ def ingest(
         if manifest is not None:
             store = LanceStore(folder, int(manifest["embedder"]["dim"]), manifest["store"])
             existing = store.doc_index()
+        writer = _Writer(folder, store, tokenizer, cfg, device, progress)
 
-        # 1. Read every file; decide what is new, changed or unchanged.
-        pending: list[Document] = []
+        # 1. Read each file; new and changed documents go to the writer as they come.
         seen: dict[str, str] = {}  # doc_id -> source, for this run
         skipped_sources: set[str] = set()
         max_bytes = int(float(cfg["max_file_mb"]) * 2**20)
         for file, root in files:
             try:
-                loaded = load_file(file, root, max_bytes=max_bytes, attributes=attributes)
-            except SkipFile as e:
-                report.skipped.append((str(file), e.reason))
-                skipped_sources.add(str(file.resolve()))
-            else:
-                report.skipped.extend(loaded.skipped)
-                for doc in loaded.documents:
+                for item in iter_file(file, root, max_bytes=max_bytes, attributes=attributes):
+                    if isinstance(item, tuple):
+                        report.skipped.append(item)
+                        continue
+                    doc = item
                     if doc.doc_id in seen:
                         report.skipped.append(
                             (
@@ -185,7 +288,10 @@ def ingest(
                         report.unchanged += 1
                         continue
                     (report.updated if old is not None else report.added).append(doc.doc_id)
-                    pending.append(doc)
+                    writer.add(doc, replaces=old is not None)
+            except SkipFile as e:
+                report.skipped.append((str(file), e.reason))
+                skipped_sources.add(str(file.resolve()))
             if progress:
                 progress("read", 1, len(files))
 
@@ -201,36 +307,17 @@ def ingest(
         else:
             report.missing = gone
 
-        # 3. Chunk, embed and write; nothing is visible until the manifest changes.
-        chunks = [
-            c
-            for doc in pending
-            for c in chunk_document(
-                doc, tokenizer, int(cfg["chunk_tokens"]), int(cfg["chunk_overlap"])
-            )
-        ]
-        if manifest is not None and not pending and not report.removed:
+        if manifest is not None and not (report.added or report.updated or report.removed):
             report.documents, report.chunks = store.count() if store else (0, 0)
             report.seconds = time.perf_counter() - t0
-            return report  # nothing changed: leave the knowledge base untouched
+            return report, None  # nothing changed: leave the knowledge base untouched
 
-        from ragtune.retrieve.dense import embed, load_embedder
-
-        emb = load_embedder(str(cfg["embedder"]), backend=cfg["backend"], device=device)
-        if store is None:
-            store = LanceStore(folder, emb.dim, None)
-        store.delete_documents(report.updated + report.removed)
-        store.add(pending, [], np.zeros((0, emb.dim), dtype=np.float32))
-        for start in range(0, len(chunks), EMBED_GROUP):
-            group = chunks[start : start + EMBED_GROUP]
-            vectors = embed(
-                emb,
-                [index_text(c) for c in group],
-                batch_size=int(cfg["batch_size"]),
-                progress=(lambda n: progress("embed", n, len(chunks))) if progress else None,
-            )
-            store.add([], group, vectors)
-        report.chunks_added = len(chunks)
+        # 3. Write what is left and publish; nothing is visible until the manifest changes.
+        if report.removed:
+            writer.remove(report.removed)
+        writer.flush()
+        store = writer._open()
+        report.chunks_added = writer.embedded
         snapshot = store.commit()
 
         new = manifest or new_manifest(
@@ -241,8 +328,8 @@ def ingest(
                 "path": str(embedder_dir),
                 "fingerprint": model_fingerprint(embedder_dir),
                 "backend": cfg["backend"],
-                "dim": emb.dim,
-                "max_seq_length": emb.max_seq_length,
+                "dim": writer.emb.dim,
+                "max_seq_length": writer.emb.max_seq_length,
             },
         )
         report.documents, report.chunks = store.count()
@@ -254,7 +341,7 @@ def ingest(
         write_json_atomic(folder / "manifest.json", new)
         store.cleanup(snapshot)
     report.seconds = time.perf_counter() - t0
-    return report
+    return report, writer
 
 
 def _existing_manifest(folder: Path, name: str) -> dict[str, Any] | None:

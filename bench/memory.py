@@ -1,0 +1,203 @@
+"""Peak memory of ``ragtune ingest`` against file size and file count.
+
+Each case ingests generated English-like text (fixed seed) into a fresh knowledge base
+in a scratch ``RAGTUNE_HOME`` (after an unmeasured warm-up run that exports the embedder
+to ONNX), in its own child process, and reads that child's peak resident set size from
+``os.wait4``. Cases: one file of 1, 10 and 50 MiB, and 10,000 files of 2 KiB; ``tiny``
+(one 2 KiB file) is the baseline, the models loaded and little else, so "above the
+models" is ``peak - tiny``.
+
+``--src`` runs another checkout's code (e.g. the commit before streaming ingest), so the
+same script measures before and after. Prints JSON and a one-line summary.
+
+``--embedder small`` (the default) uses the default embedder's tokenizer (so chunking,
+token and chunk counts are exactly those of all-MiniLM-L6-v2) with a 2-layer, hidden-64
+BERT in place of its weights: a 50 MiB file is about 70,000 chunks, which MiniLM itself
+embeds in hours on two loaded cores, and the memory in question is the pipeline's, not
+the model's. ``--embedder default`` measures the real one (run it on small cases).
+
+    python bench/memory.py [--src PATH/src] [--cases tiny,1,10,50,small] [--embedder small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MiB = 2**20
+SMALL_FILES = 10_000
+SMALL_BYTES = 2048
+
+
+def _words(rng: random.Random) -> list[str]:
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    weights = [12, 9, 8, 8, 7, 7, 6, 6, 6, 4, 4, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    return ["".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(5000)]
+
+
+def english_like(rng: random.Random, words: list[str], size: int) -> str:
+    """About ``size`` bytes of sentences (5-20 words) in paragraphs (2-6 sentences)."""
+    parts: list[str] = []
+    total = 0
+    while total < size:
+        para = []
+        for _ in range(rng.randint(2, 6)):
+            s = " ".join(rng.choices(words, k=rng.randint(5, 20)))
+            para.append(s[0].upper() + s[1:] + ".")
+        text = " ".join(para)
+        parts.append(text)
+        total += len(text) + 2
+    return "\n\n".join(parts)[:size]
+
+
+def make_case(case: str, folder: Path) -> Path:
+    """Write the case's input under ``folder``; returns the path to ingest."""
+    rng = random.Random(0)
+    words = _words(rng)
+    folder.mkdir(parents=True, exist_ok=True)
+    if case == "small":
+        root = folder / "many"
+        for i in range(SMALL_FILES):
+            sub = root / f"{i // 1000:02d}"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"doc{i:05d}.txt").write_text(english_like(rng, words, SMALL_BYTES))
+        return root
+    size = SMALL_BYTES if case == "tiny" else int(case) * MiB
+    path = folder / f"{case}.txt"
+    with open(path, "w") as fh:
+        left = size
+        while left > 0:  # written in 1 MiB pieces so this script stays small itself
+            piece = english_like(rng, words, min(MiB, left))
+            fh.write(piece + ("\n\n" if left > MiB else ""))
+            left -= len(piece) + 2
+    return path
+
+
+def small_embedder(folder: Path) -> Path:
+    """The default embedder's tokenizer and sentence-transformers layout around a tiny,
+    randomly initialised (seed 0) BERT with the same vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from ragtune.models import default_embedder_path
+
+    source = default_embedder_path()
+    folder.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, folder / f.name)
+    real = json.loads((source / "config.json").read_text())
+    config = BertConfig(
+        vocab_size=real["vocab_size"],
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=real["max_position_embeddings"],
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    pooling = json.loads((source / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 64
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+def run_case(case: str, src: Path, work: Path, real_home: Path, embedder: str) -> dict[str, Any]:
+    home = work / "home"
+    target = make_case(case, work / f"in-{case}")
+    max_mb = max(60, os.path.getsize(target) // MiB + 10) if target.is_file() else 60
+    env = {**os.environ, "RAGTUNE_HOME": str(home), "PYTHONPATH": str(src)}
+    argv = [
+        sys.executable,
+        "-m",
+        "ragtune.cli",
+        "ingest",
+        str(target),
+        "--kb",
+        f"bench-{case}",
+        "--max-file-mb",
+        str(max_mb),
+        "--embedder",
+        embedder,
+        "--json",
+    ]
+    t0 = time.perf_counter()
+    with open(work / f"out-{case}.json", "wb") as out, open(work / f"err-{case}", "wb") as err:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+            ],
+        )
+        _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    result: dict[str, Any] = {
+        "case": case,
+        "input_bytes": sum(f.stat().st_size for f in [target] if f.is_file())
+        or sum(f.stat().st_size for f in target.rglob("*.txt")),
+        "files": 1 if target.is_file() else SMALL_FILES,
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss is in KiB on Linux
+        "seconds": round(seconds, 1),
+        "exit_code": code,
+    }
+    if code == 0:
+        report = json.loads((work / f"out-{case}.json").read_text())
+        result["chunks"] = report["chunks"]
+    else:
+        result["stderr_tail"] = (work / f"err-{case}").read_text(errors="replace")[-500:]
+    shutil.rmtree(work / f"in-{case}", ignore_errors=True)
+    shutil.rmtree(home / "kb", ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", type=Path, default=Path(__file__).parent.parent / "src")
+    parser.add_argument("--cases", default="tiny,1,10,50,small")
+    parser.add_argument("--label", default="", help="a name for this run in the JSON")
+    parser.add_argument("--embedder", choices=["small", "default"], default="small")
+    args = parser.parse_args()
+    real_home = Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-membench-") as tmp:
+        embedder = "default"
+        if args.embedder == "small":
+            embedder = str(small_embedder(Path(tmp) / "small-embedder"))
+        home = Path(tmp) / "home"
+        home.mkdir()
+        if embedder == "default" and (real_home / "cache").exists():
+            (home / "cache").symlink_to(real_home / "cache")
+        # Unmeasured warm-up: exports the embedder to ONNX once, outside the figures.
+        run_case("tiny", args.src.resolve(), Path(tmp), real_home, embedder)
+        for case in args.cases.split(","):
+            results.append(
+                run_case(case.strip(), args.src.resolve(), Path(tmp), real_home, embedder)
+            )
+            print(json.dumps(results[-1]), file=sys.stderr)
+    base = next((r["peak_rss_mib"] for r in results if r["case"] == "tiny"), None)
+    for r in results:
+        if base is not None:
+            r["above_tiny_mib"] = round(r["peak_rss_mib"] - base, 1)
+    meta = {"label": args.label, "src": str(args.src), "embedder": args.embedder}
+    print(json.dumps({**meta, "results": results}, indent=2))
+    summary = ", ".join(f"{r['case']}: {r['peak_rss_mib']:.0f} MiB" for r in results)
+    print(f"peak RSS of ragtune ingest ({args.label or args.src}): {summary}", file=sys.stderr)
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
