@@ -20,12 +20,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ragtune.errors import RagtuneError
 from ragtune.types import SearchMode
 
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
+Dtype = Literal["auto", "float32", "bfloat16"]
 Fusion = Literal["rrf", "convex"]
 
 
@@ -79,7 +81,7 @@ class GenerateConfig:
     context_tokens: int = 2048  # prompt budget for retrieved sources
     batch_size: int = 16
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    dtype: str = "auto"  # bfloat16 where the hardware multiplies it natively, else float32
+    dtype: Dtype = "auto"  # bfloat16 where the hardware multiplies it natively, else float32
 
 
 @dataclass(frozen=True)
@@ -91,41 +93,102 @@ class Config:
 
 T = TypeVar("T")
 
+SECTIONS: dict[str, type[Any]] = {
+    "ingest": IngestConfig,
+    "retrieve": RetrieveConfig,
+    "generate": GenerateConfig,
+}
 
-def _section(cls: type[T], values: dict[str, Any], where: str) -> T:
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint``, or None when it does."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        return None if value in choices else "one of " + ", ".join(map(repr, choices))
+    if origin in (Union, UnionType):
+        reasons = [_type_error(value, h) for h in get_args(hint)]
+        return None if None in reasons else " or ".join(r for r in reasons if r)
+    if hint is type(None):
+        return "unset" if value is not None else None  # TOML has no null: never matches
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
+def _section(cls: type[T], values: Any, where: str, path: Path) -> T:
+    if not isinstance(values, dict):
+        raise RagtuneError(
+            f"[{where}] in {path} is not a table", f"write it as a section: [{where}]"
+        )
+    hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
     if unknown:
         raise RagtuneError(
-            f"Unknown setting(s) {', '.join(unknown)} in [{where}]",
-            f"known settings: {', '.join(sorted(names))}",
+            f"Unknown setting(s) {', '.join(unknown)} in [{where}] of {path}",
+            f"known settings: {', '.join(sorted(names))} (see docs/config.md)",
         )
-    return cls(**values)
+    for key, value in values.items():
+        want = _type_error(value, hints[key])
+        if want is not None:
+            raise RagtuneError(
+                f"{where}.{key} in {path} must be {want}, got {value!r}",
+                "fix the value (see docs/config.md)",
+            )
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise RagtuneError(
+                f"{where}.{key} in {path} must not be negative, got {value!r}",
+                "fix the value (see docs/config.md)",
+            )
+    converted = {k: float(v) if hints[k] is float else v for k, v in values.items()}
+    return cls(**converted)
+
+
+def config_path() -> Path:
+    """``$RAGTUNE_HOME/config.toml``."""
+    return ragtune_home() / "config.toml"
 
 
 def load_config(path: Path | None = None) -> Config:
-    """Read a TOML config (``[ingest]``, ``[retrieve]``, ``[generate]`` tables).
+    """Read a TOML config (``[ingest]``, ``[retrieve]``, ``[generate]`` tables; see
+    docs/config.md). Every value is type-checked; a mistake raises RagtuneError naming the
+    key and the file.
 
     With no path, ``$RAGTUNE_HOME/config.toml`` is read if it exists; defaults otherwise.
     """
     if path is None:
-        path = ragtune_home() / "config.toml"
-        if not path.exists():
+        path = config_path()
+        if not path.is_file():
             return Config()
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RagtuneError(f"Config file not found: {path}") from None
+    except OSError as e:
+        raise RagtuneError(
+            f"Cannot read config file {path}: {e.strerror}", "check its permissions"
+        ) from None
+    except UnicodeDecodeError:
+        raise RagtuneError(f"Config file {path} is not UTF-8 text", "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise RagtuneError(f"Config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - {"ingest", "retrieve", "generate"})
+        raise RagtuneError(
+            f"Config file {path} is not valid TOML: {e}",
+            "fix the syntax (see docs/config.md), or move the file away",
+        ) from None
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise RagtuneError(
             f"Unknown section(s) {', '.join(unknown)} in {path}",
-            "sections are [ingest], [retrieve] and [generate]",
+            "sections are [ingest], [retrieve] and [generate] (see docs/config.md)",
         )
     return Config(
-        ingest=_section(IngestConfig, data.get("ingest", {}), "ingest"),
-        retrieve=_section(RetrieveConfig, data.get("retrieve", {}), "retrieve"),
-        generate=_section(GenerateConfig, data.get("generate", {}), "generate"),
+        ingest=_section(IngestConfig, data.get("ingest", {}), "ingest", path),
+        retrieve=_section(RetrieveConfig, data.get("retrieve", {}), "retrieve", path),
+        generate=_section(GenerateConfig, data.get("generate", {}), "generate", path),
     )

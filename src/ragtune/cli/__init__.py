@@ -3,7 +3,9 @@
 Each command group lives in its own module and adds its sub-parsers in
 ``add_parsers``; every sub-parser sets ``func`` to a handler ``(args) -> int``.
 User mistakes raise :class:`ragtune.errors.RagtuneError` and are printed as one line
-with a hint; Ctrl-C exits with status 130.
+with a hint (exit status 2); an ``OSError`` (permissions, a full disk, a file where a
+folder should be) as one line naming the path and what to do (exit status 1); Ctrl-C
+exits with status 130.
 """
 
 from __future__ import annotations
@@ -12,43 +14,84 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from ragtune import __version__
-from ragtune.errors import RagtuneError
+from ragtune.config import Config, load_config, ragtune_home
+from ragtune.errors import RagtuneError, os_error_line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ragtune.cli import compare, makeqa, rag, tune
+def build_parser(cfg: Config | None = None) -> argparse.ArgumentParser:
+    """The parser; flag defaults come from ``cfg`` (``config.toml``, or the built-in
+    defaults when it is missing or broken, so ``--help`` always works)."""
+    from ragtune.cli import compare, kb, makeqa, rag, tune
 
+    if cfg is None:
+        cfg = _read_config()[0]
     parser = argparse.ArgumentParser(
         prog="ragtune",
-        description="RAG and true fine-tuning, locally, measured against each other.",
+        description="RAG and true fine-tuning, locally, measured against each other. "
+        "Defaults come from $RAGTUNE_HOME/config.toml (see docs/config.md).",
     )
     parser.add_argument("--version", action="version", version=f"ragtune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    rag.add_parsers(sub)
-    tune.add_parsers(sub)
+    rag.add_parsers(sub, cfg)
+    kb.add_parsers(sub)
+    tune.add_parsers(sub, cfg)
     makeqa.add_parsers(sub)
     compare.add_parsers(sub)
     return parser
 
 
+def _read_config() -> tuple[Config, RagtuneError | None]:
+    try:
+        return load_config(), None
+    except RagtuneError as e:
+        return Config(), e
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter out of ragtune's output: transformers' and huggingface_hub's
+    progress bars ("Loading weights") and advisory logs, and Python warnings raised by
+    dependencies (FutureWarning, DeprecationWarning, UserWarning). ``-v`` shows them."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    if "transformers" in sys.modules:  # imported already: its settings were read at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    verbose = "-v" in (argv if argv is not None else sys.argv[1:]) or "--verbose" in (
+        argv if argv is not None else sys.argv[1:]
+    )
+    if not verbose:
+        quiet_libraries()
+    cfg, config_error = _read_config()
+    parser = build_parser(cfg)
+    args = parser.parse_args(argv)  # --help and usage errors work even with a broken config
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # Library noise that is not actionable for a CLI user.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        if config_error is not None:
+            raise config_error
         return int(args.func(args) or 0)
     except RagtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e, str(ragtune_home()))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -84,8 +84,22 @@ def add_dtype_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") 
     )
 
 
+def add_fusion_args(p: argparse.ArgumentParser, cfg: RetrieveConfig) -> None:
+    """How hybrid mode fuses BM25 and dense results (``search``, ``ask``, ``chat``, ``eval``)."""
+    p.add_argument(
+        "--fusion",
+        choices=["rrf", "convex"],
+        default=cfg.fusion,
+        help=f"hybrid fusion: convex (min-max scores, weighted sum) or rrf ({cfg.fusion})",
+    )
+    p.add_argument("--rrf-k", type=int, default=cfg.rrf_k, help=f"RRF's k ({cfg.rrf_k})")
+    p.add_argument("--bm25-weight", type=float, default=cfg.bm25_weight)
+    p.add_argument("--dense-weight", type=float, default=cfg.dense_weight)
+
+
 def add_search_args(p: argparse.ArgumentParser, cfg: RetrieveConfig, k_default: int = 0) -> None:
-    p.add_argument("-k", type=int, default=k_default or cfg.k, help="results to return")
+    k = k_default or cfg.k
+    p.add_argument("-k", type=int, default=k, help=f"chunks to retrieve ({k})")
     p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default=cfg.mode)
     p.add_argument(
         "--filter",
@@ -95,11 +109,9 @@ def add_search_args(p: argparse.ArgumentParser, cfg: RetrieveConfig, k_default: 
         help="source=PATH, doc_id=ID or a --meta attribute; repeat to combine",
     )
     p.add_argument("--candidates", type=int, default=cfg.candidates, help="per retriever")
-    p.add_argument("--fusion", choices=["rrf", "convex"], default=cfg.fusion, help="hybrid fusion")
-    p.add_argument("--rrf-k", type=int, default=cfg.rrf_k)
-    p.add_argument("--bm25-weight", type=float, default=cfg.bm25_weight)
-    p.add_argument("--dense-weight", type=float, default=cfg.dense_weight)
+    add_fusion_args(p, cfg)
     p.add_argument("--reranker", default=cfg.reranker, help="local cross-encoder folder")
+    p.set_defaults(bm25_k1=cfg.bm25_k1, bm25_b=cfg.bm25_b)
 
 
 def search_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,5 +132,7 @@ def search_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "rrf_k": args.rrf_k,
         "bm25_weight": args.bm25_weight,
         "dense_weight": args.dense_weight,
+        "k1": args.bm25_k1,
+        "b": args.bm25_b,
         "reranker": reranker,
     }

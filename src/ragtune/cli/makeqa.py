@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ragtune.cli.common import console, print_json
 from ragtune.errors import RagtuneError
+from ragtune.io import write_text_atomic
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("docs", nargs="+", type=Path, metavar="DOCS")
     p.add_argument("--out", type=Path, required=True, help="training JSONL to write")
-    p.add_argument("--base", default="default", help="local generator model (default Gemma)")
+    p.add_argument(
+        "--model", "--base", dest="base", default="default", help="local generator model (Gemma)"
+    )
     p.add_argument("--generator-url", help="OpenAI-compatible endpoint, e.g. http://host/v1")
     p.add_argument("--generator-model", default="default", help="model name at the endpoint")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the API key")
@@ -72,10 +75,7 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
             f"unsupported by their passage, {report.dropped_malformed} malformed",
             "try a stronger generator with --generator-url",
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     if args.json:
         print_json({"out": str(args.out), **dataclasses.asdict(report)})
         return 0

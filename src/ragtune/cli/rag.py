@@ -10,18 +10,21 @@ from typing import Any
 from ragtune.cli.common import (
     Progress,
     add_dtype_arg,
+    add_fusion_args,
     add_search_args,
     console,
     print_json,
     search_kwargs,
 )
-from ragtune.config import load_config
+from ragtune.config import Config, ragtune_home
 from ragtune.errors import RagtuneError
 from ragtune.types import SearchMode
 
+ASK_K = 5  # chunks put in the prompt by ask and chat (search returns [retrieve] k)
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    cfg = load_config()
+
+def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
+    ing = cfg.ingest
     p = sub.add_parser(
         "ingest",
         help="add files and folders to a knowledge base (incremental)",
@@ -32,17 +35,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kb", required=True, help="knowledge base name")
     p.add_argument("--prune", action="store_true", help="remove documents gone from PATHs")
     p.add_argument("--rebuild", action="store_true", help="build the knowledge base afresh")
-    p.add_argument("--embedder", help=f"embedder folder (default: {cfg.ingest.embedder})")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend")
-    p.add_argument("--chunk-tokens", type=int, help="chunk size in embedder tokens (800)")
-    p.add_argument("--chunk-overlap", type=int, help="overlap in tokens (400)")
-    p.add_argument("--max-file-mb", type=float, help="skip files larger than this (50)")
+    p.add_argument("--embedder", help=f"embedder folder (new bases: {ing.embedder})")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        help=f"embedding backend (new bases: {ing.backend})",
+    )
+    p.add_argument(
+        "--chunk-tokens", type=int, help=f"chunk size in embedder tokens ({ing.chunk_tokens})"
+    )
+    p.add_argument("--chunk-overlap", type=int, help=f"overlap in tokens ({ing.chunk_overlap})")
+    p.add_argument(
+        "--max-file-mb", type=float, help=f"skip files larger than this ({ing.max_file_mb:g})"
+    )
+    p.add_argument("--batch-size", type=int, help=f"chunks per embedding batch ({ing.batch_size})")
     p.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="attribute for all docs"
     )
     p.add_argument("--device", default=cfg.generate.device)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_ingest, ingest_config=ing)
 
     p = sub.add_parser("search", help="retrieve chunks from a knowledge base")
     p.add_argument("query")
@@ -56,19 +68,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
     p.add_argument("--kb", help="knowledge base (omit for a closed-book answer)")
     p.add_argument("--model", default=cfg.generate.model, help="default, HF folder or run dir")
-    add_search_args(p, cfg.retrieve, k_default=5)
+    add_search_args(p, cfg.retrieve, k_default=ASK_K)
     p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_ask)
+    p.set_defaults(func=cmd_ask, batch_size=cfg.generate.batch_size)
 
     p = sub.add_parser("chat", help="talk to a model (optionally with a knowledge base)")
     p.add_argument("--model", default=cfg.generate.model, help="default, HF folder or run dir")
     p.add_argument("--kb", help="knowledge base to answer from (omit for closed book)")
     p.add_argument("--system", help="system instruction for every turn")
-    add_search_args(p, cfg.retrieve, k_default=5)
+    add_search_args(p, cfg.retrieve, k_default=ASK_K)
     p.add_argument("--context-tokens", type=int, default=cfg.generate.context_tokens)
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
@@ -83,9 +95,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--queries", required=True, type=Path)
     e.add_argument("--qrels", required=True, type=Path)
     e.add_argument("--modes", default="bm25,dense,hybrid")
-    e.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"])
-    e.add_argument("--embedder")
+    e.add_argument(
+        "--backend", choices=["torch", "onnx", "onnx-int8"], default=ing.backend, help="embedding"
+    )
+    e.add_argument("--embedder", default=ing.embedder, help="embedder folder or 'default'")
+    add_fusion_args(e, cfg.retrieve)
     e.add_argument("--device", default=cfg.generate.device)
+    e.add_argument(
+        "--keep-kb",
+        action="store_true",
+        help="keep the knowledge base built for the evaluation (eval-<hash>) so a re-run "
+        "reuses it; by default it is removed afterwards (ragtune kb rm removes a kept one)",
+    )
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_retrieval)
 
@@ -114,11 +135,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             chunk_tokens=args.chunk_tokens,
             chunk_overlap=args.chunk_overlap,
             max_file_mb=args.max_file_mb,
+            batch_size=args.batch_size,
             attributes=_meta(args.meta),
             prune=args.prune,
             rebuild=args.rebuild,
             device=args.device,
             progress=progress.update,
+            defaults=args.ingest_config,
         )
     if args.json:
         print_json(report.to_dict())
@@ -185,6 +208,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         contexts=contexts,
         context_tokens=args.context_tokens,
         max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
     )[0]
     timings["generate_s"] = answer.timings["generate_s"]
     timings["total_s"] = time.perf_counter() - t0
@@ -263,8 +287,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_kb_names() -> set[str]:
+    root = ragtune_home() / "kb"
+    return {p.name for p in root.glob("eval-*")} if root.is_dir() else set()
+
+
+def _remove_eval_kbs(before: set[str]) -> None:
+    """Remove the eval-<hash> knowledge bases this evaluation created or refreshed."""
+    from ragtune.retrieve.kb import remove_knowledge_base
+
+    for name in sorted(_eval_kb_names() - before):
+        remove_knowledge_base(name)
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     from ragtune.evaluate.retrieval import evaluate_retrieval
+
+    before = _eval_kb_names()  # a base kept by an earlier --keep-kb run stays
 
     modes: list[SearchMode] = []
     for m in (m.strip() for m in args.modes.split(",") if m.strip()):
@@ -272,16 +311,24 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
             raise RagtuneError(f"Unknown mode {m!r}", "use bm25, dense and/or hybrid")
         modes.append(m)
     with Progress(enabled=not args.json) as progress:
-        result: dict[str, Any] = evaluate_retrieval(
-            args.corpus,
-            args.queries,
-            args.qrels,
-            modes=modes,
-            embedder=args.embedder,
-            backend=args.backend,
-            device=args.device,
-            progress=progress.update,
-        )
+        try:
+            result: dict[str, Any] = evaluate_retrieval(
+                args.corpus,
+                args.queries,
+                args.qrels,
+                modes=modes,
+                embedder=None if args.embedder == "default" else args.embedder,
+                backend=args.backend,
+                device=args.device,
+                fusion=args.fusion,
+                rrf_k=args.rrf_k,
+                bm25_weight=args.bm25_weight,
+                dense_weight=args.dense_weight,
+                progress=progress.update,
+            )
+        finally:
+            if not args.keep_kb:
+                _remove_eval_kbs(before)
     if args.json:
         print_json(result)
         return 0

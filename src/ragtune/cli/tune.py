@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from ragtune.cli.common import add_dtype_arg, console, print_json
+from ragtune.config import Config
 
 # Exit statuses of a run stopped by a signal: 128 + the signal number, as shells report it.
 EXIT_SIGINT = 130
@@ -36,8 +37,15 @@ def _auto_float(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {value!r}") from None
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_model_arg(p: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """``--model`` (the base model, as everywhere in ragtune; ``--base`` is an old spelling)."""
+    p.add_argument("--model", "--base", dest="model", default=default, metavar="MODEL", help=help)
+
+
+def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK
+
+    gen = cfg.generate
 
     formats = ["auto", "chat", "completion", "text"]
     p = sub.add_parser(
@@ -51,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="training file or folder")
     p.add_argument("--validation", type=Path, help="validation file (same formats)")
     p.add_argument("--method", required=True, choices=["lora", "full"])
-    p.add_argument("--base", default="default", help="default, or a local HF model folder")
+    add_model_arg(p, gen.model, f"base model: default, or a local HF model folder ({gen.model})")
     p.add_argument("--epochs", type=_auto_int, default=None, metavar="auto|N")
     p.add_argument("--batch-size", type=_auto_int, default=None, metavar="auto|N")
     p.add_argument("--lr-multiplier", type=_auto_float, default=None, metavar="auto|X")
@@ -70,8 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=2048,
         help="padded tokens per forward pass (gradient accumulation splits larger batches)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    add_dtype_arg(p, "training (bfloat16: mixed precision, float32 weights and loss)")
+    p.add_argument("--device", default=gen.device, help="auto, cpu or cuda")
+    add_dtype_arg(p, "training (bfloat16: mixed precision, float32 weights and loss)", gen.dtype)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
@@ -82,12 +90,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "cost of training with the auto hyperparameters. Exit status 1 when invalid.",
     )
     p.add_argument("file", type=Path, metavar="FILE")
-    p.add_argument("--base", default="default", help="model whose tokenizer counts tokens")
+    add_model_arg(p, gen.model, f"base model whose tokenizer counts tokens ({gen.model})")
     p.add_argument("--format", choices=formats, default="auto")
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--epochs", type=_auto_int, default=None, metavar="auto|N")
     p.add_argument("--batch-size", type=_auto_int, default=None, metavar="auto|N")
-    p.add_argument("--device", default="auto", help="device the time estimate is for")
+    p.add_argument("--device", default=gen.device, help="device the time estimate is for")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
 
@@ -98,7 +106,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "model and the fine-tuned (merged) weights, largest first, and over all parameters.",
     )
     p.add_argument("run", metavar="RUN_DIR", help="run folder (or a model: default, a folder)")
-    p.add_argument("--base", help="model to compare with (default: the run's base model)")
+    add_model_arg(p, None, "base model to compare with (default: the run's base model)")
     p.add_argument("--top", type=int, default=15, help="rows in the table")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_diff)
@@ -179,7 +187,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             args.data,
             args.out,
             method=args.method,
-            base=args.base,
+            base=args.model,
             validation=args.validation,
             data_format=None if args.format == "auto" else args.format,
             epochs=args.epochs,
@@ -260,7 +268,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     report = validate_file(
         args.file,
-        base=args.base,
+        base=args.model,
         data_format=None if args.format == "auto" else args.format,
         max_length=args.max_length,
         epochs=args.epochs,
@@ -303,7 +311,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     from ragtune.tune.diff import weight_diff
 
-    diff = weight_diff(args.run, args.base)
+    diff = weight_diff(args.run, args.model)
     if args.json:
         print_json(diff.to_dict())
         return 0

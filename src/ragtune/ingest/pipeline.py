@@ -9,12 +9,10 @@ manifest is replaced atomically, so a killed ingest leaves the previous index us
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from ragtune.ingest.chunking import check_sizes, iter_chunks
 from ragtune.ingest.loaders import SkipFile, discover, iter_file
 from ragtune.io import write_json_atomic
 from ragtune.models import model_fingerprint, resolve_embedder
-from ragtune.retrieve.kb import new_manifest, read_manifest
+from ragtune.retrieve.kb import new_manifest, read_manifest, writer_lock
 from ragtune.retrieve.store import LanceStore, index_text
 from ragtune.types import Chunk, Document
 
@@ -59,32 +57,20 @@ class IngestReport:
         return d
 
 
-@contextlib.contextmanager
-def _writer_lock(folder: Path, name: str) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RagtuneError(
-                f"Another ingest into {name!r} is running", "wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _settings(
-    manifest: dict[str, Any] | None, requested: dict[str, Any], name: str
+    manifest: dict[str, Any] | None,
+    requested: dict[str, Any],
+    name: str,
+    config: IngestConfig | None = None,
 ) -> dict[str, Any]:
-    """The KB's settings: those it was built with, or requested/default ones for a new KB."""
-    defaults = dataclasses.asdict(IngestConfig())
+    """The KB's settings: those it was built with, or requested/default ones for a new KB
+    (defaults from ``config``, i.e. ``[ingest]`` of config.toml, else IngestConfig's)."""
+    defaults = dataclasses.asdict(config or IngestConfig())
     if manifest is None:
         return {
             k: requested.get(k) if requested.get(k) is not None else v for k, v in defaults.items()
         }
-    built = {**defaults, **manifest["config"]}
+    built = {**dataclasses.asdict(IngestConfig()), **manifest["config"]}
     for key in ("embedder", "backend", "chunk_tokens", "chunk_overlap"):
         want = requested.get(key)
         if want is not None and want != built[key]:
@@ -93,8 +79,7 @@ def _settings(
                 f"drop the flag, or re-create it with --rebuild to use {key}={want!r}",
             )
     for key in ("max_file_mb", "batch_size"):  # per-run settings
-        if requested.get(key) is not None:
-            built[key] = requested[key]
+        built[key] = requested[key] if requested.get(key) is not None else defaults[key]
     return built
 
 
@@ -201,10 +186,13 @@ def ingest(
     rebuild: bool = False,
     device: str = "auto",
     progress: Progress | None = None,
+    defaults: IngestConfig | None = None,
 ) -> IngestReport:
     """Add ``paths`` (files and folders) to knowledge base ``kb``, creating it if needed.
 
-    Settings left as None come from the knowledge base (or the defaults for a new one);
+    Settings left as None come from the knowledge base (or ``defaults``, the ``[ingest]``
+    section of config.toml, for a new one; per-run ones, max_file_mb and batch_size, from
+    ``defaults`` always);
     changing the embedder or chunking of an existing knowledge base needs ``rebuild``.
     Files are read, chunked, embedded and written one bounded group at a time, so memory
     does not grow with the size of a file or the number of files.
@@ -225,6 +213,7 @@ def ingest(
         rebuild,
         device,
         progress,
+        defaults,
     )[0]
 
 
@@ -237,6 +226,7 @@ def _ingest(
     rebuild: bool,
     device: str,
     progress: Progress | None,
+    defaults: IngestConfig | None = None,
 ) -> tuple[IngestReport, _Writer | None]:
     t0 = time.perf_counter()
     folder = kb_path(kb)
@@ -245,9 +235,9 @@ def _ingest(
         if requested[key] is not None and requested[key] < 0:
             raise RagtuneError(f"{key} must be positive")
     files = list(discover(paths, on_skip=lambda what, why: report.skipped.append((what, why))))
-    with _writer_lock(folder, kb):
+    with writer_lock(folder, kb):
         manifest = None if rebuild else _existing_manifest(folder, kb)
-        cfg = _settings(manifest, requested, kb)
+        cfg = _settings(manifest, requested, kb, defaults)
         check_sizes(int(cfg["chunk_tokens"]), int(cfg["chunk_overlap"]))
         embedder_dir = resolve_embedder(cfg["embedder"])
         if manifest is not None:

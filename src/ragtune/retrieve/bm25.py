@@ -20,11 +20,8 @@ lowercase, the scikit-learn token pattern, Lucene's English stop words, Snowball
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +34,7 @@ from scipy import sparse
 
 from ragtune import __version__
 from ragtune.errors import RagtuneError
+from ragtune.io import file_sha256, write_atomic, write_json_atomic
 
 FORMAT_VERSION = "1.0"
 NPZ_NAME = "bm25.npz"
@@ -248,7 +246,7 @@ class BM25Index:
             "terms": np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8),
         }
         npz_path = folder / NPZ_NAME
-        _atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
+        write_atomic(npz_path, lambda fh: np.savez(fh, **arrays))
         manifest = {
             "format_version": FORMAT_VERSION,
             "ragtune_version": __version__,
@@ -256,17 +254,16 @@ class BM25Index:
             "n_docs": self.n_docs,
             "n_terms": len(terms),
             "nnz": int(self.tf.nnz),
-            "npz_sha256": _sha256(npz_path),
+            "npz_sha256": file_sha256(npz_path),
         }
-        text = json.dumps(manifest, indent=2).encode("utf-8")
-        _atomic_write(folder / MANIFEST_NAME, lambda fh: fh.write(text))
+        write_json_atomic(folder / MANIFEST_NAME, manifest)
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
         folder = Path(folder)
         manifest = _read_manifest(folder / MANIFEST_NAME)
         npz_path = folder / NPZ_NAME
-        if not npz_path.exists() or _sha256(npz_path) != manifest.get("npz_sha256"):
+        if not npz_path.exists() or file_sha256(npz_path) != manifest.get("npz_sha256"):
             raise RagtuneError(
                 f"The BM25 index in {folder} is incomplete or does not match its manifest",
                 "it was probably interrupted while being written; rebuild the index",
@@ -311,25 +308,3 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             "rebuild the index with this version of ragtune, or use the ragtune that made it",
         )
     return manifest
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

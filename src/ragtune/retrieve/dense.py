@@ -28,6 +28,7 @@ import numpy as np
 from ragtune import __version__
 from ragtune.config import EmbedBackend, ragtune_home
 from ragtune.errors import RagtuneError
+from ragtune.io import fsync_dir, write_json_atomic
 from ragtune.models import DEFAULT_EMBEDDER_NAME, model_fingerprint, pick_device, resolve_embedder
 
 if TYPE_CHECKING:
@@ -340,11 +341,12 @@ def exported_onnx(folder: Path, quantize: bool) -> Path:
             "quantization": "int8-dynamic" if quantize else None,
             **details,
         }
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_json_atomic(work / "manifest.json", manifest)
         if target.exists() and _read_onnx_manifest(target) is None:
             shutil.rmtree(target, ignore_errors=True)  # stale: an older format version
         try:
             os.replace(work, target)
+            fsync_dir(target.parent)
         except OSError:
             if _read_onnx_manifest(target) is None:  # not a concurrent export: a real failure
                 raise

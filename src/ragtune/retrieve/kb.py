@@ -12,16 +12,21 @@ snapshot readers must see, so an interrupted ingest never leaves a half-written 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragtune import __version__
-from ragtune.config import Fusion, kb_path
+from ragtune.config import Fusion, kb_path, ragtune_home
 from ragtune.errors import RagtuneError
 from ragtune.retrieve.fusion import convex_combination_fusion, reciprocal_rank_fusion
 from ragtune.retrieve.store import Filter, LanceStore
@@ -216,3 +221,106 @@ def new_manifest(name: str, config: dict[str, Any], embedder: dict[str, Any]) ->
         "store": None,
         "counts": {"documents": 0, "chunks": 0},
     }
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, name: str) -> Iterator[None]:
+    """Exclusive right to change knowledge base ``name`` (ingest, remove)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RagtuneError(
+                f"Another ingest into {name!r} is running", "wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class KbInfo:
+    """What ``ragtune kb list`` / ``kb info`` show about one knowledge base."""
+
+    name: str
+    documents: int
+    chunks: int
+    size_bytes: int
+    created_at: str
+    updated_at: str
+    embedder: str
+    config: dict[str, Any]
+    made_by: str  # "ingest", or "eval" for the eval-<hash> bases ragtune eval builds
+    problem: str = ""  # why the manifest could not be read, if it could not
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "embedder": self.embedder,
+            "config": self.config,
+            "made_by": self.made_by,
+            "problem": self.problem,
+        }
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def kb_info(name: str) -> KbInfo:
+    """Facts about knowledge base ``name`` from its manifest (no model is loaded)."""
+    folder = kb_path(name)
+    made_by = "eval" if name.startswith("eval-") else "ingest"
+    try:
+        manifest = read_manifest(folder, name)
+    except (RagtuneError, ValueError, KeyError) as e:
+        if not folder.is_dir():
+            raise
+        problem = e.message if isinstance(e, RagtuneError) else f"unreadable manifest: {e}"
+        return KbInfo(name, 0, 0, _folder_size(folder), "", "", "", {}, made_by, problem)
+    counts = manifest.get("counts", {})
+    return KbInfo(
+        name=name,
+        documents=int(counts.get("documents", 0)),
+        chunks=int(counts.get("chunks", 0)),
+        size_bytes=_folder_size(folder),
+        created_at=str(manifest.get("created_at", "")),
+        updated_at=str(manifest.get("updated_at", "")),
+        embedder=str(manifest.get("embedder", {}).get("name", "")),
+        config=dict(manifest.get("config", {})),
+        made_by=made_by,
+    )
+
+
+def list_knowledge_bases() -> list[KbInfo]:
+    """Every knowledge base under ``$RAGTUNE_HOME/kb``, by name."""
+    root = ragtune_home() / "kb"
+    if not root.is_dir():
+        return []
+    return [
+        kb_info(p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+    ]
+
+
+def remove_knowledge_base(name: str) -> None:
+    """Delete knowledge base ``name``: it is renamed out of sight first (atomic), so a
+    crash part-way never leaves a half-deleted base under its name."""
+    folder = kb_path(name)
+    if not folder.is_dir():
+        raise RagtuneError(f"No knowledge base named {name!r}", "see them with: ragtune kb list")
+    with writer_lock(folder, name):
+        trash = folder.parent / f".removing-{name}-{os.getpid()}"
+        os.replace(folder, trash)
+    shutil.rmtree(trash)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ragtune.errors import RagtuneError
+from ragtune.io import fsync_dir, write_json_atomic
 from ragtune.retrieve.bm25 import BM25Index
 from ragtune.types import Chunk, Document
 
@@ -192,18 +193,19 @@ class KeywordIndex:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.bm25.save(tmp / "bm25")
-        (tmp / "rows.json").write_text(
-            json.dumps(
-                {
-                    "format_version": KEYWORD_FORMAT_VERSION,
-                    "chunk_ids": self.chunk_ids,
-                    "doc_ids": self.doc_ids,
-                }
-            )
+        write_json_atomic(
+            tmp / "rows.json",
+            {
+                "format_version": KEYWORD_FORMAT_VERSION,
+                "chunk_ids": self.chunk_ids,
+                "doc_ids": self.doc_ids,
+            },
+            indent=None,
         )
         if folder.exists():  # left by a writer that died before publishing it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
 
     @classmethod
     def load(cls, folder: Path) -> KeywordIndex:

@@ -18,7 +18,6 @@ are reported at once; :func:`require_valid` refuses to go on while any error rem
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from ragtune.errors import RagtuneError
 from ragtune.generate.prompts import render_chat_segments
+from ragtune.io import file_sha256
 from ragtune.types import Example, Message, Role
 
 log = logging.getLogger(__name__)
@@ -174,17 +174,6 @@ def repeat_to_minimum(items: Sequence[T], n: int = MIN_EXAMPLES) -> list[T]:
     return [items[i % len(items)] for i in range(max(len(items), n))] if items else []
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
-    h = hashlib.sha256()
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _load_jsonl(path: Path, fmt: DataFormat) -> TrainingData:
     data = TrainingData(str(path), fmt, [], [], sha256=file_sha256(path))
     source = str(path)
@@ -241,7 +230,7 @@ def _parse_chat(obj: Any) -> tuple[Example | None, Issues, Issues]:
                 )
             )
         role = m.get("role")
-        if role not in _ROLES:
+        if "role" in m and role not in _ROLES:  # a missing role is reported above, once
             errors.append(
                 (
                     "unrecognized_role",

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ragtune.io import fsync_dir
+
 log = logging.getLogger(__name__)
 
 # Every attention and MLP projection of Llama-style models (Gemma, Llama, Qwen, Mistral).
@@ -73,6 +75,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def save_outputs(model: Any, tokenizer: Any, out: Path, method: str) -> dict[str, str]:

@@ -1,0 +1,254 @@
+"""Errors a user can act on: OS errors, config errors and unfinished runs, each reported as
+one line (plus an optional hint) with a non-zero exit status and no traceback.
+
+The OS-error cases run ``ragtune`` in a subprocess. Permissions are real: when the tests
+run as root (as in CI), the child drops every capability first (``setpriv``), so root is
+bound by file modes like any user and a read-only folder really refuses writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragtune.cli import main
+from ragtune.config import load_config
+from ragtune.errors import RagtuneError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that makes file permissions apply to the child."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop the capabilities")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all"]
+
+
+def ragtune(home: Path, *args: str, drop: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAGTUNE_HOME": str(home), "PYTHONPATH": str(SRC)}
+    cmd = [*(unprivileged() if drop else []), sys.executable, "-m", "ragtune.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single line on stderr, asserting there is exactly one and no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def read_only_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o555)
+    # The mechanism itself: the child really cannot write here.
+    probe = subprocess.run(
+        [*unprivileged(), sys.executable, "-c", f"open({str(home / 'x')!r}, 'w')"],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr
+    yield home
+    home.chmod(0o755)
+
+
+def test_ingest_into_read_only_home(read_only_home: Path, tmp_path: Path, tiny_embedder: Path):
+    doc = tmp_path / "a.txt"
+    doc.write_text("The sea is blue.\n")
+    proc = ragtune(
+        read_only_home, "ingest", str(doc), "--kb", "x", "--embedder", str(tiny_embedder),
+        "--backend", "torch", drop=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert line.startswith(f"error: Permission denied: {read_only_home / 'kb'} — ")
+    assert f"RAGTUNE_HOME={read_only_home}: set it to a writable folder" in line
+    assert list(read_only_home.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("command", ["ask", "validate"])
+def test_default_model_in_read_only_home(read_only_home: Path, tmp_path: Path, command: str):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(CHAT) + "\n")
+    args = ["ask", "What is it?"] if command == "ask" else ["validate", str(data)]
+    proc = ragtune(read_only_home, *args, drop=True)
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert line.startswith(f"error: Permission denied: {read_only_home / 'models'} — ")
+    assert list(read_only_home.iterdir()) == []
+
+
+def test_home_is_a_file(tmp_path: Path, tiny_embedder: Path) -> None:
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    doc = tmp_path / "a.txt"
+    doc.write_text("The sea is blue.\n")
+    proc = ragtune(home, "ingest", str(doc), "--kb", "x", "--embedder", str(tiny_embedder))
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert line.startswith(f"error: Not a directory: {home / 'kb' / 'x'} — a part of that path")
+    assert home.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("where", ["file", "read-only"])
+def test_tune_out_unusable(tmp_path: Path, tiny_lm: Path, where: str) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text((json.dumps(CHAT) + "\n") * 10)
+    if where == "file":
+        out = tmp_path / "out"
+        out.write_text("precious")
+        expected = f"error: Not a directory: {out} — a part of that path is a file"
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+        out = parent / "run"
+        expected = f"error: Permission denied: {out}"
+    args = ["tune", "--data", str(data), "--method", "lora", "--model", str(tiny_lm)]
+    proc = ragtune(tmp_path / "home", *args, "--out", str(out), drop=where == "read-only")
+    assert proc.returncode == 1, proc.stderr
+    assert one_error_line(proc).startswith(expected)
+    if where == "file":
+        assert out.read_text() == "precious"
+    else:
+        assert not out.exists()
+        parent.chmod(0o755)
+
+
+# --- config.toml ------------------------------------------------------------------------
+
+
+def write_config(home: Path, text: str) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_broken_config_still_gives_help(
+    ragtune_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(ragtune_home, "[ingest\nchunk_tokens = 3")
+    with pytest.raises(SystemExit) as exit_:
+        main(["ingest", "--help"])
+    assert exit_.value.code == 0
+    assert "--chunk-tokens" in capsys.readouterr().out
+    assert main(["kb", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Config file {path} is not valid TOML: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[ingest]\nchunk_tokens = "big"',
+            "ingest.chunk_tokens in {} must be an integer, got 'big'",
+        ),
+        ("[ingest]\nchunk_tokens = true", "ingest.chunk_tokens in {} must be an integer, got True"),
+        ('[retrieve]\nfusion = "sum"', "retrieve.fusion in {} must be one of 'rrf', 'convex'"),
+        ("[retrieve]\nbm25_k1 = -1.0", "retrieve.bm25_k1 in {} must not be negative, got -1.0"),
+        ("[generate]\nmodle = 'x'", "Unknown setting(s) modle in [generate] of {}"),
+        ("[serve]\nport = 1", "Unknown section(s) serve in {}"),
+        ("ingest = 3", "[ingest] in {} is not a table"),
+        ('[generate]\ndtype = "fp16"', "generate.dtype in {} must be one of 'auto', 'float32'"),
+    ],
+)
+def test_config_values_are_checked(ragtune_home: Path, text: str, message: str) -> None:
+    path = write_config(ragtune_home, text)
+    with pytest.raises(RagtuneError) as e:
+        load_config()
+    assert e.value.message.startswith(message.format(path))
+
+
+def test_config_is_wired(ragtune_home: Path) -> None:
+    from ragtune.cli import build_parser
+
+    write_config(
+        ragtune_home,
+        "[ingest]\nchunk_tokens = 200\nmax_file_mb = 5\nbatch_size = 4\n"
+        '[retrieve]\nk = 7\nbm25_k1 = 1.2\nbm25_b = 0.5\nfusion = "rrf"\nrrf_k = 20\n'
+        '[generate]\nmodel = "/m"\nmax_new_tokens = 9\nbatch_size = 3\ndevice = "cpu"\n'
+        'dtype = "float32"\n',
+    )
+    cfg = load_config()
+    assert cfg.ingest.max_file_mb == 5.0 and isinstance(cfg.ingest.max_file_mb, float)
+    parser = build_parser(cfg)
+    search = parser.parse_args(["search", "q", "--kb", "x"])
+    assert (search.k, search.bm25_k1, search.bm25_b, search.fusion, search.rrf_k) == (
+        7, 1.2, 0.5, "rrf", 20,
+    )  # fmt: skip
+    ask = parser.parse_args(["ask", "q"])
+    assert (ask.k, ask.model, ask.max_new_tokens, ask.batch_size, ask.dtype) == (
+        5, "/m", 9, 3, "float32",
+    )  # fmt: skip
+    ev = parser.parse_args(["eval", "retrieval", "--corpus", "c", "--queries", "q", "--qrels", "r"])
+    assert (ev.fusion, ev.rrf_k, ev.device) == ("rrf", 20, "cpu")
+    tune = parser.parse_args(["tune", "--data", "d", "--method", "lora", "--out", "o"])
+    assert (tune.model, tune.device, tune.dtype) == ("/m", "cpu", "float32")
+    assert parser.parse_args(["validate", "f", "--base", "/b"]).model == "/b"  # old spelling
+    ingest = parser.parse_args(["ingest", "p", "--kb", "x"])
+    assert ingest.ingest_config.chunk_tokens == 200 and ingest.chunk_tokens is None
+
+
+def test_ingest_uses_config_for_new_bases(
+    ragtune_home: Path, tmp_path: Path, tiny_embedder: Path
+) -> None:
+    write_config(
+        ragtune_home,
+        f'[ingest]\nembedder = "{tiny_embedder}"\nbackend = "torch"\nchunk_tokens = 8\n'
+        "chunk_overlap = 2\nmax_file_mb = 0.00017\n",
+    )
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The sea is blue and the waves are loud. " * 4)
+    (docs / "big.txt").write_text("x " * 100)
+    assert main(["ingest", str(docs), "--kb", "c", "--json"]) == 0
+    manifest = json.loads((ragtune_home / "kb" / "c" / "manifest.json").read_text())
+    assert manifest["config"] == {
+        "embedder": str(tiny_embedder),
+        "backend": "torch",
+        "chunk_tokens": 8,
+        "chunk_overlap": 2,
+    }
+    assert manifest["counts"]["documents"] == 1  # big.txt is over max_file_mb
+
+
+# --- unfinished runs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["interrupted", "running"])
+def test_unfinished_run_is_named_as_such(
+    tmp_path: Path, status: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    manifest = {"kind": "ragtune-run", "format_version": 1, "status": status}
+    if status == "interrupted":
+        manifest["result"] = {"steps": 3, "total_steps": 10}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["diff", str(run)], ["ask", "q", "--model", str(run)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        if status == "interrupted":
+            assert err.startswith(
+                f"error: Run {run} was interrupted at step 3 of 10, so it has no model yet\n"
+                f"  hint: finish it with the same ragtune tune command plus --resume (--out {run})"
+            )
+        else:
+            assert err.startswith(f"error: Run {run} has not finished (status: running)")
