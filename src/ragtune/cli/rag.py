@@ -86,7 +86,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
-    p.set_defaults(func=cmd_chat)
+    p.set_defaults(func=cmd_chat, batch_size=cfg.generate.batch_size)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -279,6 +279,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             instruction=args.system,
             fewshot=history[-args.history :] if args.history > 0 else (),
+            batch_size=args.batch_size,
         )[0]
         out.print(answer.text or "[dim](no answer)[/]", highlight=False)
         for c in answer.citations:
