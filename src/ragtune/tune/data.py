@@ -377,6 +377,33 @@ def encode_example(
     return ids, labels
 
 
+def split_sequence(
+    index: int,
+    example: Example,
+    ids: list[int],
+    labels: list[int],
+    bos: int | None,
+    max_length: int,
+) -> list[TokenSequence]:
+    """One encoded example as training sequences of at most ``max_length`` tokens: a
+    document cut into consecutive windows (each keeping the BOS token), a conversation
+    truncated at the end."""
+    if len(ids) <= max_length:
+        return [TokenSequence(ids, labels, index)]
+    if not is_document(example):
+        return [TokenSequence(ids[:max_length], labels[:max_length], index)]
+    start = 1 if bos is not None else 0
+    prefix = ids[:start]
+    body, body_labels = ids[start:], labels[start:]
+    width = max_length - len(prefix)
+    return [
+        TokenSequence(
+            prefix + body[s : s + width], [IGNORE] * len(prefix) + body_labels[s : s + width], index
+        )
+        for s in range(0, len(body), width)
+    ]
+
+
 def encode(
     examples: Sequence[Example], tokenizer: Any, max_length: int
 ) -> tuple[list[TokenSequence], list[int]]:
@@ -391,24 +418,10 @@ def encode(
     truncated: list[int] = []
     for i, ex in enumerate(examples):
         ids, labels = encode_example(ex, tokenizer, bos)
-        if len(ids) <= max_length:
-            out.append(TokenSequence(ids, labels, i))
-        elif is_document(ex):
-            start = 1 if bos is not None else 0
-            prefix = ids[:start]
-            body, body_labels = ids[start:], labels[start:]
-            width = max_length - len(prefix)
-            for s in range(0, len(body), width):
-                out.append(
-                    TokenSequence(
-                        prefix + body[s : s + width],
-                        [IGNORE] * len(prefix) + body_labels[s : s + width],
-                        i,
-                    )
-                )
-        else:
+        pieces = split_sequence(i, ex, ids, labels, bos, max_length)
+        if len(ids) > max_length and not is_document(ex):
             truncated.append(i)
-            out.append(TokenSequence(ids[:max_length], labels[:max_length], i))
+        out.extend(pieces)
     kept = [s for s in out if s.n_targets > 0]
     if len(kept) < len(out):
         log.warning(

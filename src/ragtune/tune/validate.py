@@ -21,10 +21,10 @@ from ragtune.tune.data import (
     DataFormat,
     Problem,
     bos_to_prepend,
-    encode,
     encode_example,
     is_document,
     load_data,
+    split_sequence,
 )
 
 # Training tokens/s of Gemma 3 270M (fp32) measured with bench/tune.py on a 2-core AMD EPYC
@@ -127,10 +127,18 @@ def validate_file(
     lengths: list[int] = []
     trained: list[int] = []
     over = 0
-    for ex, (src, line) in zip(data.examples, data.origins, strict=True):
+    # Only counts are kept per example, never the token ids: memory stays flat whatever
+    # the size of the file's tokens (the examples themselves are held by load_data).
+    n_seqs = per_epoch = targets = 0
+    for i, (ex, (src, line)) in enumerate(zip(data.examples, data.origins, strict=True)):
         ids, labels = encode_example(ex, tokenizer, bos)
         lengths.append(len(ids))
         trained.append(sum(1 for t in labels if t != IGNORE))
+        for seq in split_sequence(i, ex, ids, labels, bos, max_length):
+            if seq.n_targets > 0:  # as encode(): sequences with nothing to train are dropped
+                n_seqs += 1
+                per_epoch += len(seq.input_ids)
+                targets += seq.n_targets
         if len(ids) > max_length:
             over += 1
             what = (
@@ -141,15 +149,12 @@ def validate_file(
             warnings.append(
                 Problem(src, line, "too_long", f"{len(ids)} tokens > {max_length}; will be {what}")
             )
-    seqs, _ = encode(data.examples, tokenizer, max_length) if data.examples else ([], [])
     estimates: list[Estimate] = []
-    if seqs:
+    if n_seqs:
         params = parameter_count(model_dir)
         dev = pick_device(device).type
-        per_epoch = sum(len(s.input_ids) for s in seqs)
-        targets = sum(s.n_targets for s in seqs)
         for method in hparams.METHODS:
-            hp = hparams.resolve(method, len(seqs), epochs, batch_size, lr_multiplier)
+            hp = hparams.resolve(method, n_seqs, epochs, batch_size, lr_multiplier)
             ref = REFERENCE_TOKENS_PER_S.get((dev, method))
             billed = per_epoch * hp.n_epochs
             if ref is not None and params:
@@ -168,7 +173,7 @@ def validate_file(
                     n_epochs=hp.n_epochs,
                     batch_size=hp.batch_size,
                     learning_rate_multiplier=hp.learning_rate_multiplier,
-                    steps=hp.n_epochs * -(-len(seqs) // hp.batch_size),
+                    steps=hp.n_epochs * -(-n_seqs // hp.batch_size),
                     billed_tokens=billed,
                     trained_tokens=targets * hp.n_epochs,
                     seconds=seconds,
@@ -179,7 +184,7 @@ def validate_file(
         path=data.path,
         format=data.format,
         examples=len(data.examples),
-        sequences=len(seqs),
+        sequences=n_seqs,
         errors=data.errors,
         warnings=warnings,
         tokens=TokenStats.of(lengths),
