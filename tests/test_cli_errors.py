@@ -252,3 +252,55 @@ def test_unfinished_run_is_named_as_such(
             )
         else:
             assert err.startswith(f"error: Run {run} has not finished (status: running)")
+
+
+def test_os_error_lines() -> None:
+    import errno
+
+    from ragtune.errors import os_error_line
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/runs/x/.manifest.json.ab12.tmp")
+    assert os_error_line(full) == (
+        "No space left on device: /data/runs/x — free some space, or choose a folder on "
+        "another disk"
+    )
+    ro = OSError(errno.EROFS, "Read-only file system", "/home/me/.ragtune/kb")
+    assert os_error_line(ro, "/home/me/.ragtune") == (
+        "Read-only file system: /home/me/.ragtune/kb — the file system is read-only: choose a "
+        "folder on a writable one; the data folder is RAGTUNE_HOME=/home/me/.ragtune: set it "
+        "to a writable folder"
+    )
+    assert os_error_line(OSError(errno.EIO, "Input/output error")) == (
+        "Input/output error — check the path and its permissions"
+    )
+
+
+def test_write_atomic_names_the_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from ragtune.io import write_atomic
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        write_atomic(tmp_path / "a.json", b"{}")
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "a.json"))
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+def test_no_library_noise_on_stderr(tmp_path: Path, tiny_embedder: Path) -> None:
+    """A successful ingest that loads a model (torch backend) prints nothing on stderr:
+    no "Loading weights" bar, no FutureWarning."""
+    doc = tmp_path / "a.txt"
+    doc.write_text("The sea is blue.\n")
+    proc = ragtune(
+        tmp_path / "home", "ingest", str(doc), "--kb", "x", "--embedder", str(tiny_embedder),
+        "--backend", "torch", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert json.loads(proc.stdout)["added"] == ["a.txt"]

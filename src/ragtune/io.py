@@ -47,8 +47,10 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write()
+            raise OSError(e.errno, e.strerror, str(path)) from e  # name the file
         raise
     fsync_dir(path.parent)
 
