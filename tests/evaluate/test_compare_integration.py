@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ def test_compare_on_a_covidqa_subset(tmp_path: Path, models_home: Path, default_
     covid = shared_data("covidqa", "covidqa.json")
     out = tmp_path / "report"
     env = {"RAGTUNE_HOME": str(models_home), "PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # the code under test, when it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     proc = subprocess.run(
         [sys.executable, "-m", "ragtune.cli", "compare", "--questions", str(covid),
          "--out", str(out), "--max-questions", "8", "--max-qa-pairs", "16", "--epochs", "2",

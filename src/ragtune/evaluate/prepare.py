@@ -29,6 +29,7 @@ from ragtune.evaluate.questions import (
 )
 from ragtune.evaluate.settings import CompareInputs, CompareSettings
 from ragtune.evaluate.worker import MakeQASpec, TuneSpec, run_in_child
+from ragtune.generate.prompts import RAG_FEWSHOT, strip_citations
 from ragtune.io import write_json_atomic, write_text_atomic
 from ragtune.tune.data import load_examples, repeat_to_minimum
 from ragtune.types import Example
@@ -164,8 +165,12 @@ def demonstrations(train_file: Path | None, n: int, seed: int) -> list[tuple[str
     out of the training data — each about a different answer. The answers are in the
     trained form, so the prompted arms see the required answer form too and only what
     training adds is measured."""
-    if train_file is None or n == 0 or not train_file.exists():
+    if n == 0:
         return []
+    if train_file is None or not train_file.exists():
+        # No training data: the built-in examples (without their source numbers, which
+        # would mean nothing to a closed-book arm), still the same for every arm.
+        return [(q, strip_citations(a)) for q, a in RAG_FEWSHOT][:n]
     pairs: list[tuple[str, str]] = []
     for ex in load_examples(train_file):
         msgs = ex.messages
