@@ -164,3 +164,26 @@ def test_bad_settings_fail_before_any_state_and_the_fix_runs(tmp_path: Path, tin
     with pytest.raises(RagtuneError, match="different settings"):
         run_compare(CompareSettings(model=str(tiny_lm), arms=("base",), max_new_tokens=5),
                     inputs, out)  # fmt: skip
+
+
+def test_make_qa_training_data_reports_coverage(
+    world_docs: Path, tmp_path: Path, tiny_lm: Path
+) -> None:
+    """Without --train, make-qa runs (in a child process) on the documents; what it kept
+    and dropped is saved before anything is trained. The tiny model writes no usable pair,
+    so the comparison stops with the reasons, and the coverage says 0 of 4 documents."""
+    settings = CompareSettings(model=str(tiny_lm), arms=("base", "ft"), max_qa_pairs=4)
+    questions = world_docs.parent / "questions.jsonl"
+    out = tmp_path / "report"
+    with pytest.raises(RagtuneError, match="make-qa produced no usable training examples"):
+        run_compare(settings, CompareInputs(questions, (world_docs,)), out)
+    cov = json.loads((out / "state" / "coverage.json").read_text())
+    assert (cov["documents"], cov["documents_covered"], cov["pairs_kept"]) == (4, 0, 0)
+    assert cov["pairs_dropped"] == cov["pairs_generated"] == sum(cov["dropped_by_reason"].values())
+    assert cov["generate_s"] > 0 and cov["pairs_generated"] > 0
+
+
+@pytest.fixture
+def world_docs(tmp_path: Path) -> Path:
+    world = make_world(seed=1, n_orgs=1, n_people=2, n_places=1)
+    return write_world(world, tmp_path / "world")["docs"]
