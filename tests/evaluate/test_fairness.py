@@ -157,9 +157,11 @@ def test_bad_settings_fail_before_any_state_and_the_fix_runs(tmp_path: Path, tin
     (out / "state").mkdir(parents=True)
     (out / "state" / "settings.json").write_text('{"settings": "older"}')
     (out / "state" / "arm-base.json").write_text("{}")  # a stale partial result
+    (out / "ft-run" / "checkpoints").mkdir(parents=True)  # a run with the other settings
     good = CompareSettings(model=str(tiny_lm), arms=("base",), max_new_tokens=4, device="cpu")
     results = run_compare(good, inputs, out)
     assert results["arms"]["base"]["n"] == 5
+    assert not (out / "ft-run").exists()  # never resumed under the new settings
     # A finished report with other settings is never mixed with new results.
     with pytest.raises(RagtuneError, match="different settings"):
         run_compare(CompareSettings(model=str(tiny_lm), arms=("base",), max_new_tokens=5),

@@ -59,6 +59,7 @@ from ragtune.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
+RUN_DIR = "ft-run"  # the fine-tuning run, inside the report folder
 
 
 def open_state(out: Path, settings: CompareSettings, inputs: CompareInputs, say: Say) -> Path:
@@ -81,6 +82,7 @@ def open_state(out: Path, settings: CompareSettings, inputs: CompareInputs, say:
         say("the unfinished comparison in this folder had other settings; starting over")
         _remove_kb(kb_name_for(out))
         shutil.rmtree(state)
+        shutil.rmtree(out / RUN_DIR, ignore_errors=True)  # its checkpoints: other settings
     state.mkdir(parents=True, exist_ok=True)
     write_json_atomic(state / "settings.json", key)
     return state
@@ -127,7 +129,7 @@ def run_compare(
             write_json_atomic(state / "test.json", [q.to_dict() for q in test])
         else:
             test = [Question(**q) for q in mapped]
-    run_dir = out / "ft-run"
+    run_dir = out / RUN_DIR
     tuned = None
     if ft_arms:
         say(f"fine-tuning ({settings.method})")
