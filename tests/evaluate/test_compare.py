@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.config import kb_path
 from ragtune.errors import RagtuneError
-from ragtune.evaluate.compare import (
-    CompareSettings,
-    aggregate,
-    match_doc_id,
-    run_compare,
-    score_answer,
-    significance,
-)
+from ragtune.evaluate.compare import run_compare
 from ragtune.evaluate.formats import parse_format_spec
+from ragtune.evaluate.prepare import kb_name_for, match_doc_id
 from ragtune.evaluate.questions import Question
+from ragtune.evaluate.scoring import aggregate, score_answer, significance
+from ragtune.evaluate.settings import CompareInputs, CompareSettings
 from ragtune.evaluate.world import make_world, write_world
+from ragtune.generate.prompts import RAG_INSTRUCTION
 
 
 def hit(doc: str, text: str) -> dict[str, object]:
@@ -93,16 +91,17 @@ def test_compare_end_to_end(
         model=str(tiny_lm),
         embedder=str(tiny_embedder),
         backend="torch",
-        epochs="1",
+        epochs=1,
         max_new_tokens=6,
         freshness=1,
         device="cpu",
     )
     out = tmp_path / "report"
     fmt = parse_format_spec("json")
-    results = run_compare(world_files["questions"], out, settings, docs=[world_files["docs"]],
-                          train_path=world_files["train"], fmt=fmt)  # fmt: skip
-    assert results["schema"] == 1
+    inputs = CompareInputs(world_files["questions"], (world_files["docs"],), world_files["train"],
+                           fmt=fmt)  # fmt: skip
+    results = run_compare(settings, inputs, out)
+    assert results["schema"] == 2
     assert list(results["arms"]) == ["base", "rag", "ft", "ft_rag"]
     n = len(results["questions"])
     assert n == 1 * 5 + 2 * 4 + 1 * 3
@@ -124,16 +123,41 @@ def test_compare_end_to_end(
     q = results["questions"][0]
     assert set(q["arms"]) == {"base", "rag", "ft", "ft_rag"}
 
+    # Fairness: one prompt for every arm apart from the retrieved sources, with the same
+    # worked examples drawn from the training data.
+    arms = results["arms"]
+    section = f"\n\n{RAG_INSTRUCTION}\n\n{{sources}}"
+    assert arms["base"]["prompt"] == arms["ft"]["prompt"]
+    assert arms["rag"]["prompt"] == arms["ft_rag"]["prompt"]
+    assert section in arms["rag"]["prompt"]
+    assert arms["rag"]["prompt"].replace(section, "") == arms["base"]["prompt"]
+    train = [json.loads(x)["messages"] for x in world_files["train"].read_text().splitlines()]
+    shown = [m[-2]["content"] for m in train if m[-2]["content"] in arms["base"]["prompt"]]
+    assert len(set(shown)) == 2  # two training questions are the demonstrations
+    assert results["corpus"]["documents"] == 4 and results["corpus"]["chunks"] >= 4
+    for arm in ("rag", "ft_rag"):
+        for key in ("cited_share", "attributed_share", "citation_correct"):
+            assert arms[arm][key] is not None, (arm, key)
+    for m in arms.values():
+        assert m["n_seen_template"] + m["n_unseen_template"] == n
+    # Forgetting: the retrained model was asked the changed facts and unchanged ones.
+    assert set(fresh["retention"]) == {"ft", "ft_rag"}
+    job = json.loads((out / "state" / "fresh-ft-retrained.job.json").read_text())["spec"]
+    assert job["model"] == str(out / "state" / "ft-run-fresh")
+    assert len(job["questions"]) == 1 + min(settings.retention, n - 1)
+    assert results["settings"]["epochs"] == 1 and results["data_hashes"]["questions"]
+    assert results["models"]["lm_sha256"] and results["ragtune_version"]
+    # The knowledge base does not outlive the report in RAGTUNE_HOME (no --keep-kb).
+    assert not kb_path(kb_name_for(out)).exists()
+
     # Resuming does no work again: every arm's saved answers are reused as they are.
     saved = {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("arm-*.json")}
-    again = run_compare(world_files["questions"], out, settings, docs=[world_files["docs"]],
-                        train_path=world_files["train"], fmt=fmt)  # fmt: skip
+    again = run_compare(settings, inputs, out)
     assert again["arms"] == results["arms"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("arm-*.json")} == saved
 
     with pytest.raises(RagtuneError, match="different settings"):
-        run_compare(world_files["questions"], out, CompareSettings(model=str(tiny_lm), k=5),
-                    docs=[world_files["docs"]], train_path=world_files["train"])  # fmt: skip
+        run_compare(CompareSettings(model=str(tiny_lm), k=5), inputs, out)
 
 
 def test_compare_refuses_leaked_test_questions(
@@ -147,5 +171,6 @@ def test_compare_refuses_leaked_test_questions(
     }
     leaky.write_text("\n".join([*lines, json.dumps(bad)]) + "\n")
     with pytest.raises(RagtuneError, match="appear in the training data"):
-        run_compare(world_files["questions"], tmp_path / "r", CompareSettings(model=str(tiny_lm),
-                    arms=("base", "ft")), docs=[world_files["docs"]], train_path=leaky)  # fmt: skip
+        run_compare(CompareSettings(model=str(tiny_lm), arms=("base", "ft")),
+                    CompareInputs(world_files["questions"], (world_files["docs"],), leaky),
+                    tmp_path / "r")  # fmt: skip

@@ -35,7 +35,16 @@ def canned() -> dict[str, Any]:
             "tokens_trained": 0,
         }
         if rag:
-            m.update(recall_at_k=0.9, citation_correct=0.8, grounded=0.95)
+            m.update(
+                recall_at_k=0.9,
+                citation_correct=0.8,
+                grounded=0.95,
+                citations_model_precision=0.5,
+                cited_share=0.25,
+                attributed_share=0.75,
+            )
+        if prep >= 200:  # the fine-tuned arms: make-qa wrote their data in 60 s
+            m.update(data_generation_s=60.0, train_prep_s=140.0)
         return m
 
     citation = {
@@ -49,7 +58,21 @@ def canned() -> dict[str, Any]:
         "how": "model",
     }
     return {
-        "schema": 1,
+        "schema": 2,
+        "corpus": {"documents": 98, "chunks": 1478},
+        "coverage": {
+            "documents": 98,
+            "documents_covered": 7,
+            "passages": 32,
+            "passages_covered": 9,
+            "pairs_generated": 40,
+            "pairs_kept": 12,
+            "pairs_dropped": 28,
+            "dropped_by_reason": {"unsupported": 20, "malformed": 8, "duplicate": 0},
+            "examples": 30,
+            "examples_dropped_test_question": 1,
+            "generate_s": 60.0,
+        },
         "ragtune_version": "0.1.0",
         "created_at": "2026-11-23 12:00:00",
         "settings": {"k": 3},
@@ -185,7 +208,7 @@ class _Collect(HTMLParser):
 def test_report_files(tmp_path: Path) -> None:
     paths = write_report(canned(), tmp_path)
     results = json.loads(paths["results"].read_text())
-    assert results["schema"] == 1
+    assert results["schema"] == 2
     assert set(results["arms"]) == {"base", "rag", "ft", "ft_rag"}
     assert results["verdict"]["text"].startswith("On knowledge, RAG")
     page = paths["html"].read_text()
@@ -198,7 +221,21 @@ def test_report_files(tmp_path: Path) -> None:
     assert "Zorbland &lt;b&gt;1887&lt;/b&gt;" in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
     md = paths["summary"].read_text()
-    assert "| RAG | 4 | 0.500 | 0.600 (0.50–0.70) | 60.0% | 25.0% | 4.0 s | 1.5 s |" in md
+    assert (
+        "| RAG | 4 | 0.500 | 0.600 (0.50–0.70) | 60.0% | 25.0% | 50.0% | 25.0% | 75.0% "
+        "| 4.0 s | 1.5 s |" in md
+    )
+    assert "| 3.3 min (60.0 s) |" in md  # the fine-tuned arm's preparation, of which make-qa
+    # Model-made and attributed citations are labelled apart; make-qa is its own cost column.
+    for label in (
+        "model&#x27;s own [n] citations: precision",
+        "answers ragtune attributed post hoc",
+        "training data generation (make-qa)",
+        "<b>98</b> documents, <b>1478</b> chunks",
+        "<b>7/98</b> documents",
+    ):
+        assert label in page, label
+    assert "for 7 of 98 documents" in results["verdict"]["knowledge"]
 
 
 def _chromium() -> str | None:

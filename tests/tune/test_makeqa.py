@@ -113,6 +113,15 @@ def test_make_qa_counts_every_drop() -> None:
         ("When was Zorbland founded?", "1887", ["In what year was Zorbland established?"])
     ]
     assert report.examples == 2
+    assert report.dropped_by_reason == {
+        "unsupported": 1,
+        "inconsistent": 1,
+        "malformed": 1,
+        "duplicate": 0,
+        "over_budget": 0,
+    }
+    assert (report.documents, report.documents_covered) == (1, 1)
+    assert pairs[0].doc == 0
     assert to_examples(pairs, system="Be brief.")[1] == {
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -188,3 +197,30 @@ def test_endpoint_writer(endpoint: str) -> None:
         "In what year was Zorbland established?",
         "Zorbland dates from?",
     ]
+
+
+class SameQuestionWriter:
+    """The same candidate for every passage."""
+
+    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
+        pair = Candidate("When was Zorbland founded?", "1887", intended="1887")
+        return [[pair] for _ in passages]
+
+    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]:
+        return [[] for _ in questions]
+
+
+def test_make_qa_reports_coverage_of_the_documents() -> None:
+    """The candidate is supported by Zorbland's passage only: the other document is not
+    covered, and the second copy of Zorbland's pair is dropped as a duplicate."""
+    other = ("Velmora", "Velmora is a town of 4000 people. It lies on the Tern river bank.")
+    _, report = make_qa([DOC, other, DOC], SameQuestionWriter(), paraphrases=0)
+    assert (report.documents, report.documents_covered, report.passages) == (3, 1, 3)
+    assert report.dropped_by_reason == {
+        "unsupported": 1,
+        "inconsistent": 0,
+        "malformed": 0,
+        "duplicate": 1,
+        "over_budget": 0,
+    }
+    assert report.kept == 1

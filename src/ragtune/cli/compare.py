@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragtune.cli.common import add_dtype_arg, console, print_json
+from ragtune.cli.tune import _auto_float, _auto_int
 from ragtune.errors import RagtuneError
+
+if TYPE_CHECKING:
+    from ragtune.evaluate.settings import CompareSettings
 
 DEMO_SCHEMA = (
     '{"type": "object", "required": ["answer", "confidence"], "additionalProperties": false,'
@@ -48,9 +53,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format-instruction", help="how the prompt describes the required form")
     p.add_argument("--model", default="default", help="base model: default or an HF folder")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
-    p.add_argument("--epochs", default="auto")
-    p.add_argument("--lr-multiplier", default="auto")
-    p.add_argument("--batch-size", default="auto", help="training batch size")
+    p.add_argument("--epochs", type=_auto_int, default=None, metavar="auto|N")
+    p.add_argument("--lr-multiplier", type=_auto_float, default=None, metavar="auto|X")
+    p.add_argument(
+        "--batch-size", type=_auto_int, default=None, metavar="auto|N", help="training batch size"
+    )
     p.add_argument("-k", type=int, default=3, help="retrieved chunks per question")
     p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
     p.add_argument("--context-tokens", type=int, default=1024)
@@ -62,6 +69,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=200,
         help="question/answer pairs make-qa generates when there is no --train",
+    )
+    p.add_argument(
+        "--demonstrations",
+        type=int,
+        default=2,
+        metavar="N",
+        help="worked examples from the training data shown in every arm's prompt",
+    )
+    p.add_argument(
+        "--retention",
+        type=int,
+        default=12,
+        metavar="N",
+        help="with --freshness: unchanged facts re-asked after retraining",
+    )
+    p.add_argument(
+        "--keep-kb",
+        action="store_true",
+        help="keep the comparison's knowledge base in RAGTUNE_HOME (default: removed)",
     )
     p.add_argument("--embedder", help="embedder folder for the knowledge base (default MiniLM)")
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend")
@@ -81,22 +107,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freshness", type=int, default=4)
     p.add_argument("--device", default="auto")
+    add_dtype_arg(p, "training and generation in every arm")
     p.set_defaults(func=cmd_demo)
 
 
-def _settings(args: argparse.Namespace) -> object:
-    from ragtune.evaluate.compare import CompareSettings
+def _settings(args: argparse.Namespace) -> CompareSettings:
+    from ragtune.evaluate.settings import ARMS, CompareSettings
 
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-    if not arms:
-        raise RagtuneError("No arms given", "e.g. --arms base,rag,ft,ft_rag")
+    for arm in arms:
+        if arm not in ARMS:
+            raise RagtuneError(f"Unknown arm {arm!r}", f"arms are {', '.join(ARMS)}")
     return CompareSettings(
-        arms=arms,
+        arms=arms,  # checked above
         model=args.model,
         method=args.method,
-        epochs=str(args.epochs),
-        lr_multiplier=str(args.lr_multiplier),
-        batch_size_train=str(args.batch_size),
+        epochs=args.epochs,
+        lr_multiplier=args.lr_multiplier,
+        batch_size_train=args.batch_size,
         k=args.k,
         mode=args.mode,
         context_tokens=args.context_tokens,
@@ -104,7 +132,9 @@ def _settings(args: argparse.Namespace) -> object:
         batch_size=args.gen_batch_size,
         max_questions=args.max_questions,
         max_qa_pairs=args.max_qa_pairs,
+        demonstrations=args.demonstrations,
         freshness=args.freshness,
+        retention=args.retention,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
@@ -112,30 +142,25 @@ def _settings(args: argparse.Namespace) -> object:
         chunk_overlap=args.chunk_overlap,
         embedder=args.embedder,
         backend=args.backend,
+        keep_kb=args.keep_kb,
     )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ragtune.evaluate.compare import CompareSettings, run_compare
+    from ragtune.evaluate.compare import run_compare
     from ragtune.evaluate.formats import parse_format_spec
+    from ragtune.evaluate.settings import CompareInputs
 
     settings = _settings(args)
-    assert isinstance(settings, CompareSettings)
     fmt = (
         parse_format_spec(args.format_check, args.format_instruction) if args.format_check else None
     )
+    inputs = CompareInputs(
+        questions=args.questions, docs=tuple(args.docs), train=args.train, qrels=args.qrels, fmt=fmt
+    )
     out = console()
     t0 = time.perf_counter()
-    results = run_compare(
-        args.questions,
-        args.out,
-        settings,
-        docs=args.docs,
-        train_path=args.train,
-        fmt=fmt,
-        qrels=args.qrels,
-        say=lambda s: out.print(f"[dim]·[/] {s}"),
-    )
+    results = run_compare(settings, inputs, args.out, say=lambda s: out.print(f"[dim]·[/] {s}"))
     if args.json:
         print_json({"report": str(args.out / "index.html"), "arms": results["arms"]})
         return 0
@@ -148,8 +173,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ragtune.evaluate.compare import CompareSettings, run_compare
+    from ragtune.evaluate.compare import run_compare
     from ragtune.evaluate.formats import parse_format_spec
+    from ragtune.evaluate.settings import CompareInputs, CompareSettings
     from ragtune.evaluate.world import make_world, write_world
 
     out = console()
@@ -161,22 +187,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     out.print(
         f"Demo world (seed {args.seed}): {len(world.documents)} documents, "
-        f"{len(world.facts)} facts; training on paraphrases, testing on held-out phrasings."
+        f"{len(world.facts)} facts; one question template per relation is held out of "
+        "training (unseen-template questions), the others test held-out phrasings of trained "
+        "templates."
     )
     # Batches of 4 (OpenAI's auto rule would pick 1 for this small set): 4x fewer optimizer
     # steps, each a better use of the CPU, which keeps the demo within its time budget.
     settings = CompareSettings(
-        seed=args.seed, freshness=args.freshness, device=args.device, batch_size_train="4"
+        seed=args.seed,
+        freshness=args.freshness,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size_train=4,
     )
-    results = run_compare(
-        files["questions"],
-        args.out,
-        settings,
-        docs=[files["docs"]],
-        train_path=files["train"],
-        fmt=fmt,
-        say=lambda s: out.print(f"[dim]·[/] {s}"),
+    inputs = CompareInputs(
+        questions=files["questions"], docs=(files["docs"],), train=files["train"], fmt=fmt
     )
+    results = run_compare(settings, inputs, args.out, say=lambda s: out.print(f"[dim]·[/] {s}"))
     out.print("\n" + results["verdict"]["text"])
     out.print(
         f"\nReport: [bold]{(args.out / 'index.html').resolve()}[/] "

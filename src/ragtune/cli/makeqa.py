@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 from pathlib import Path
 
 from ragtune.cli.common import console, print_json
@@ -39,24 +38,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_make_qa(args: argparse.Namespace) -> int:
-    from ragtune.ingest.loaders import SkipFile, discover, load_file
-    from ragtune.tune.makeqa import EndpointQAWriter, LocalQAWriter, QAWriter, make_qa, to_examples
+    from ragtune.tune.makeqa import EndpointQAWriter, LocalQAWriter, QAWriter, make_qa_files
 
     if args.paraphrases < 0:
         raise RagtuneError("--paraphrases must be 0 or more")
-    texts: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    for file, root in discover(args.docs):
-        try:
-            loaded = load_file(file, root)
-        except SkipFile as e:
-            skipped.append((str(file), e.reason))
-            continue
-        skipped.extend(loaded.skipped)
-        texts.extend((d.title, d.text) for d in loaded.documents)
-    if not texts:
-        raise RagtuneError("No readable documents", "pass .txt, .md, .html, .pdf files or folders")
-    random.Random(args.seed).shuffle(texts)
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise RagtuneError("--max-pairs must be positive")
     writer: QAWriter
     if args.generator_url:
         writer = EndpointQAWriter(
@@ -66,9 +53,14 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
         from ragtune.generate.engine import Generator
 
         writer = LocalQAWriter(Generator.load(args.base, device=args.device))
-    pairs, report = make_qa(texts, writer, paraphrases=args.paraphrases, max_pairs=args.max_pairs)
-    report.skipped_files = skipped
-    records = to_examples(pairs, system=args.system)
+    records, report = make_qa_files(
+        args.docs,
+        writer,
+        seed=args.seed,
+        paraphrases=args.paraphrases,
+        max_pairs=args.max_pairs,
+        system=args.system,
+    )
     if not records:
         raise RagtuneError(
             f"No usable pairs: {report.generated} generated, {report.dropped_unsupported} "
@@ -77,11 +69,18 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
         )
     write_text_atomic(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     if args.json:
-        print_json({"out": str(args.out), **dataclasses.asdict(report)})
+        print_json(
+            {
+                "out": str(args.out),
+                **dataclasses.asdict(report),
+                "dropped_by_reason": report.dropped_by_reason,
+            }
+        )
         return 0
     console().print(
         f"{report.examples} examples ({report.kept} pairs + {report.paraphrases} paraphrases) "
         f"from {report.passages} passages -> {args.out}; dropped {report.dropped_unsupported} "
-        f"unsupported by their source and {report.dropped_malformed} malformed"
+        f"unsupported by their source and {report.dropped_malformed} malformed; "
+        f"{report.documents_covered} of {report.documents} documents covered"
     )
     return 0

@@ -1,22 +1,20 @@
-"""One arm of a comparison, answered in its own process.
+"""One arm of a comparison: load the arm's model (and knowledge base), answer every
+question in batches, and return the answers with their timings, the prompt template the
+arm used and the process's peak memory.
 
-``python -m ragtune.evaluate.arm SPEC.json OUT.json`` loads the arm's model (and
-knowledge base), answers every question in batches and writes the answers with their
-timings and the process's peak memory. A separate process per arm gives each arm a
-clean peak-memory figure and keeps a crash in one arm from losing the others.
+The comparison runs each arm in its own process (:mod:`ragtune.evaluate.worker`), so each
+arm's peak-memory figure is its own and a crash in one arm loses no other.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ragtune.generate.prompts import RAG_FEWSHOT
 from ragtune.types import Answer, SearchMode
 
 
@@ -37,6 +35,23 @@ class ArmSpec:
     device: str = "auto"
     dtype: str = "auto"
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArmSpec:
+        spec = cls(**d)
+        if not isinstance(spec.questions, list) or not all(
+            isinstance(q, str) for q in spec.questions
+        ):
+            raise ValueError("ArmSpec.questions must be a list of strings")
+        for name in ("k", "context_tokens", "max_new_tokens", "batch_size"):
+            value = getattr(spec, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ArmSpec.{name} must be a positive integer, got {value!r}")
+        fewshot = [(str(q), str(a)) for q, a in spec.fewshot] if spec.fewshot is not None else None
+        return replace(spec, fewshot=fewshot)
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
@@ -45,10 +60,12 @@ def peak_rss_mb() -> float:
 
 def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
     from ragtune.evaluate.formats import parse_format_spec
-    from ragtune.generate.answer import answer_questions
+    from ragtune.generate.answer import generate_answers, prompt_template
     from ragtune.generate.engine import Generator
     from ragtune.retrieve.kb import KnowledgeBase
 
+    if not spec.questions:
+        raise ValueError(f"arm {spec.arm}: no questions to answer")
     t0 = time.perf_counter()
     generator = Generator.load(spec.model, device=spec.device, dtype=spec.dtype)
     contexts = None
@@ -71,7 +88,7 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
         bar.start()
         task = bar.add_task(f"arm {spec.arm}", total=len(spec.questions))
     t1 = time.perf_counter()
-    answers: list[Answer] = answer_questions(
+    pairs: list[tuple[Answer, list[int]]] = generate_answers(
         spec.questions,
         generator,
         contexts=contexts,
@@ -86,30 +103,16 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
     generate_s = time.perf_counter() - t1
     if bar:
         bar.stop()
+    fewshot = spec.fewshot if spec.fewshot is not None else (RAG_FEWSHOT if spec.kb else [])
     return {
         "arm": spec.arm,
-        "answers": [a.to_dict() for a in answers],
+        "answers": [{**a.to_dict(), "model_markers": m} for a, m in pairs],
+        "prompt": prompt_template(
+            generator.tokenizer, spec.kb is not None, spec.instruction, fewshot
+        ),
         "retrieve_s": retrieve_s,
         "load_s": load_s,
         "generate_wall_s": generate_s,
-        "new_tokens": sum(int(a.timings["new_tokens"]) for a in answers),
+        "new_tokens": sum(int(a.timings["new_tokens"]) for a, _ in pairs),
         "peak_rss_mb": peak_rss_mb(),
     }
-
-
-def main(argv: list[str]) -> int:
-    spec_path, out_path = Path(argv[0]), Path(argv[1])
-    spec = ArmSpec(**json.loads(spec_path.read_text()))
-    result = run_arm(spec)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out_path)  # an arm's result exists whole or not at all
-    return 0
-
-
-def spec_json(spec: ArmSpec) -> str:
-    return json.dumps(asdict(spec))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

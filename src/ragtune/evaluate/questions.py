@@ -2,7 +2,8 @@
 
 Layouts:
 
-* ragtune JSONL: ``{"id", "question", "answers": [str, ...], "doc_id"?, "split"?}``;
+* ragtune JSONL: ``{"id", "question", "answers": [str, ...], "doc_id"?, "split"?,
+  "group"?}`` (F1 is also reported per group);
 * SQuAD-format JSON (``{"data": [{"paragraphs": [{"context", "qas": [...]}]}]}``), e.g.
   COVID-QA; its contexts can serve as the documents (:func:`squad_documents`);
 * BEIR ``queries.jsonl`` plus a qrels TSV (no answers: retrieval and citation metrics only).
@@ -32,6 +33,7 @@ class Question:
     answers: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)  # gold documents, if known
     split: Split = "test"
+    group: str | None = None  # scores are also reported per group, e.g. unseen_template
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,7 @@ def load_questions(path: Path, qrels: Path | None = None) -> list[Question]:
                         if doc
                         else [],
                         split=split,
+                        group=str(rec["group"]) if rec.get("group") else None,
                     )
                 )
             elif "_id" in rec and "text" in rec:  # BEIR query

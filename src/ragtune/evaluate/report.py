@@ -8,17 +8,15 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS_SCHEMA = 1
-ARM_LABELS = {
-    "base": "Base (closed book)",
-    "rag": "RAG",
-    "ft": "Fine-tuned",
-    "ft_rag": "Fine-tuned + RAG",
-}
+from ragtune.evaluate.charts import ARM_LABELS, bar_chart, line_chart, scatter_chart
+from ragtune.evaluate.charts import pct as _pct
+from ragtune.evaluate.charts import secs as _secs
+from ragtune.evaluate.verdict import write_verdict
+
+RESULTS_SCHEMA = 2
 ARM_COLORS = {"base": "#8c8c8c", "rag": "#1f77b4", "ft": "#d62728", "ft_rag": "#9467bd"}
 
 
@@ -29,253 +27,6 @@ def _fmt(x: Any, digits: int = 3) -> str:
         return f"{x:.{digits}f}"
     return str(x)
 
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _secs(x: float | None) -> str:
-    if x is None or math.isnan(x):
-        return "–"
-    if x < 1:
-        return f"{1000 * x:.0f} ms"
-    if x < 120:
-        return f"{x:.1f} s"
-    return f"{x / 60:.1f} min"
-
-
-# --- the verdict ---------------------------------------------------------------------------
-
-
-def _pair(results: dict[str, Any], a: str, b: str, metric: str) -> dict[str, Any] | None:
-    for s in results.get("significance", []):
-        if s["metric"] == metric and {s["a"], s["b"]} == {a, b}:
-            return dict(s)
-    return None
-
-
-def _significance_words(p: float | None) -> str:
-    if p is None or math.isnan(p):
-        return "significance not tested"
-    if p < 0.01:
-        return f"significant (p = {p:.3g})"
-    if p < 0.05:
-        return f"significant at 5% (p = {p:.2g})"
-    return f"not significant (p = {p:.2g})"
-
-
-def write_verdict(results: dict[str, Any]) -> dict[str, str]:
-    """Sentences that state who won on knowledge, on behaviour and on freshness, by how
-    much, with what confidence and at what cost — all taken from ``results``."""
-    arms: dict[str, dict[str, Any]] = results["arms"]
-    out: dict[str, str] = {}
-    scored = {a: m for a, m in arms.items() if m.get("f1") is not None}
-    if scored:
-        ranked = sorted(scored, key=lambda a: (-scored[a]["f1"], a))
-        best = ranked[0]
-        b = scored[best]
-        parts = [
-            f"On knowledge, {ARM_LABELS.get(best, best)} answered best: token F1 "
-            f"{b['f1']:.3f} (95% CI {b['f1_ci'][0]:.3f}–{b['f1_ci'][1]:.3f}), answer found in "
-            f"{_pct(b.get('contains'))} of {b['n']} held-out questions."
-        ]
-        for other in ranked[1:]:
-            o = scored[other]
-            sig = _pair(results, best, other, "f1")
-            parts.append(
-                f"Against {ARM_LABELS.get(other, other)} (F1 {o['f1']:.3f}) the margin is "
-                f"{b['f1'] - o['f1']:+.3f}, {_significance_words(sig['p'] if sig else None)}."
-            )
-        prep = b.get("prep_s")
-        if prep is not None:
-            latency = _secs(b.get("latency_p50_s"))
-            parts.append(
-                f"It cost {_secs(prep)} of preparation and answers in {latency} (median, batched)."
-            )
-        out["knowledge"] = " ".join(parts)
-    fmt = {a: m for a, m in arms.items() if m.get("format_ok") is not None}
-    if fmt:
-        ranked = sorted(fmt, key=lambda a: (-fmt[a]["format_ok"], a))
-        best = ranked[0]
-        parts = [
-            f"On behaviour (the required answer format), {ARM_LABELS.get(best, best)} complied "
-            f"most often: {_pct(fmt[best]['format_ok'])} of answers."
-        ]
-        for other in ranked[1:]:
-            sig = _pair(results, best, other, "format_ok")
-            parts.append(
-                f"{ARM_LABELS.get(other, other)}: {_pct(fmt[other]['format_ok'])}"
-                f" ({_significance_words(sig['p'] if sig else None)})."
-            )
-        out["behaviour"] = " ".join(parts)
-    fresh = results.get("freshness")
-    if fresh and fresh.get("arms"):
-        parts = [f"After {fresh['n']} facts were changed in the documents:"]
-        for arm, f in fresh["arms"].items():
-            line = f"{ARM_LABELS.get(arm, arm)} gave the new value for {f['reflected']}/{f['n']}"
-            if f.get("kept_old"):
-                line += f" (the old one for {f['kept_old']}/{f['n']})"
-            if f.get("reingest_s") is not None:
-                line += f" right after a {_secs(f['reingest_s'])} re-ingest"
-            if f.get("reflected_after_retrain") is not None:
-                line += (
-                    f"; after retraining ({_secs(f.get('retrain_s'))}) it gave the new value "
-                    f"for {f['reflected_after_retrain']}/{f['n']}"
-                )
-            elif f.get("how", "").startswith("not retrained"):
-                line += f" ({f['how']})"
-            parts.append(line + ".")
-        out["freshness"] = " ".join(parts)
-    out["text"] = " ".join(out[k] for k in ("knowledge", "behaviour", "freshness") if k in out)
-    return out
-
-
-# --- SVG charts -----------------------------------------------------------------------------
-
-
-def bar_chart(
-    title: str,
-    bars: Sequence[tuple[str, float, tuple[float, float] | None, str]],
-    ymax: float = 1.0,
-    fmt: str = "{:.2f}",
-) -> str:
-    """Vertical bars with optional error bars: (label, value, (lo, hi) or None, colour)."""
-    w, h, left, bottom, top = 420, 240, 40, 40, 28
-    plot_h = h - bottom - top
-    n = max(1, len(bars))
-    slot = (w - left - 10) / n
-    ymax = ymax or 1.0
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{w / 2}" y="16" class="ct">{html.escape(title)}</text>',
-        f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" class="axis"/>',
-    ]
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        y = h - bottom - frac * plot_h
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - 10}" y2="{y:.1f}" class="grid"/>')
-        parts.append(
-            f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick">{fmt.format(frac * ymax)}</text>'
-        )
-    for i, (label, value, ci, color) in enumerate(bars):
-        x = left + i * slot + slot * 0.2
-        bw = slot * 0.6
-        v = 0.0 if value is None or math.isnan(value) else value
-        bh = max(0.0, min(1.0, v / ymax)) * plot_h
-        parts.append(
-            f'<rect x="{x:.1f}" y="{h - bottom - bh:.1f}" width="{bw:.1f}" height="{bh:.1f}" '
-            f'fill="{color}"><title>{html.escape(label)}: {fmt.format(v)}</title></rect>'
-        )
-        if ci is not None and not any(math.isnan(c) for c in ci):
-            y1 = h - bottom - min(1.0, ci[0] / ymax) * plot_h
-            y2 = h - bottom - min(1.0, ci[1] / ymax) * plot_h
-            cx = x + bw / 2
-            parts.append(
-                f'<path d="M{cx:.1f} {y1:.1f}V{y2:.1f}M{cx - 5:.1f} {y1:.1f}h10M{cx - 5:.1f} '
-                f'{y2:.1f}h10" class="err"/>'
-            )
-        label_y = h - bottom - bh - 4
-        if ci is not None and not any(math.isnan(c) for c in ci):
-            label_y = min(label_y, h - bottom - min(1.0, ci[1] / ymax) * plot_h - 4)
-        parts.append(
-            f'<text x="{x + bw / 2:.1f}" y="{max(top - 2, label_y):.1f}" class="val">'
-            f"{fmt.format(v)}</text>"
-        )
-        parts.append(
-            f'<text x="{x + bw / 2:.1f}" y="{h - bottom + 16:.1f}" class="lab">'
-            f"{html.escape(label)}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def line_chart(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]], str]]) -> str:
-    """Lines over a shared x axis: (name, [(x, y), ...], colour)."""
-    pts = [p for _, s, _ in series for p in s]
-    w, h, left, bottom, top = 420, 240, 44, 36, 28
-    if not pts:
-        return f'<p class="muted">{html.escape(title)}: no data.</p>'
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = 0.0, max(p[1] for p in pts) * 1.05 or 1.0
-    x1 = x1 if x1 > x0 else x0 + 1
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (w - left - 10)
-
-    def sy(y: float) -> float:
-        return h - bottom - (y - y0) / (y1 - y0) * (h - bottom - top)
-
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{w / 2}" y="16" class="ct">{html.escape(title)}</text>',
-        f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" class="axis"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" class="axis"/>',
-        f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" class="tick">{y1:.2f}</text>',
-        f'<text x="{left - 4}" y="{h - bottom:.1f}" class="tick">0</text>',
-        f'<text x="{w - 10}" y="{h - 8}" class="tick">{x1:g}</text>',
-        f'<text x="{left}" y="{h - 8}" class="tick">{x0:g}</text>',
-    ]
-    for i, (name, s, color) in enumerate(series):
-        if not s:
-            continue
-        d = " ".join(
-            f"{'M' if j == 0 else 'L'}{sx(x):.1f} {sy(y):.1f}" for j, (x, y) in enumerate(s)
-        )
-        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(
-            f'<text x="{w - 14}" y="{top + 14 + 14 * i}" class="legend" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def scatter_chart(
-    title: str,
-    points: Sequence[tuple[str, float | None, float | None, str]],
-    xlabel: str,
-    ylabel: str,
-) -> str:
-    """Labelled points (label, x, y, colour), None values left out; x on a log scale
-    (log10(1 + x)) when it spans more than 100×."""
-    w, h, left, bottom, top = 420, 240, 44, 40, 28
-    good = [
-        (lab, float(x), float(y), c) for lab, x, y, c in points if x is not None and y is not None
-    ]
-    if not good:
-        return f'<p class="muted">{html.escape(title)}: no data.</p>'
-    xs = [max(x, 0.0) for _, x, _, _ in good]
-    log = max(xs) > 100 * max(1.0, min(xs))
-
-    def tx(x: float) -> float:
-        return math.log10(1 + max(x, 0.0)) if log else x
-
-    lo, hi = min(tx(x) for x in xs), max(tx(x) for x in xs)
-    hi = hi if hi > lo else lo + 1
-    ymax = max(1e-9, max(y for _, _, y, _ in good)) * 1.15
-
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{w / 2}" y="16" class="ct">{html.escape(title)}</text>',
-        f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" class="axis"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" class="axis"/>',
-        f'<text x="{w / 2}" y="{h - 6}" class="tick mid">{html.escape(xlabel)}'
-        f"{' (log scale)' if log else ''}</text>",
-        f'<text x="12" y="{h / 2}" class="tick mid" transform="rotate(-90 12 {h / 2})">'
-        f"{html.escape(ylabel)}</text>",
-    ]
-    for lab, x, y, color in good:
-        px = left + 12 + (tx(x) - lo) / (hi - lo) * (w - left - 150)
-        py = h - bottom - y / ymax * (h - bottom - top)
-        parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="6" fill="{color}"/>')
-        parts.append(
-            f'<text x="{px + 9:.1f}" y="{py + 4:.1f}" class="plabel">'
-            f"{html.escape(lab)} ({_secs(x)}, {y:.2f})</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-# --- the HTML page ---------------------------------------------------------------------------
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;
@@ -305,14 +56,24 @@ QUALITY_COLUMNS = [
     ("n", "n", _fmt),
     ("em", "EM", _fmt),
     ("f1", "F1", _fmt),
+    ("f1_seen_template", "F1, trained question templates", _fmt),
+    ("f1_unseen_template", "F1, unseen question templates", _fmt),
     ("contains", "answer found", _pct),
     ("recall_at_k", "retrieval recall@k", _pct),
-    ("citation_correct", "citations correct", _pct),
     ("grounded", "groundedness", _pct),
     ("format_ok", "format adherence", _pct),
 ]
+CITATION_COLUMNS = [
+    ("citations_model_precision", "model's own [n] citations: precision", _pct),
+    ("cited_share", "answers where the model cited a source", _pct),
+    ("attributed_share", "answers ragtune attributed post hoc", _pct),
+    ("citation_correct", "a final citation is correct (model or attributed)", _pct),
+]
 COST_COLUMNS = [
-    ("prep_s", "preparation", _secs),
+    ("prep_s", "preparation, total", _secs),
+    ("kb_prep_s", "knowledge base build", _secs),
+    ("data_generation_s", "training data generation (make-qa)", _secs),
+    ("train_prep_s", "fine-tuning", _secs),
     ("tokens_trained", "tokens trained", _fmt),
     ("peak_memory_mb", "peak memory (MB)", lambda v: _fmt(v, 0)),
     ("artefact_mb", "artefact on disk (MB)", lambda v: _fmt(v, 1)),
@@ -322,8 +83,55 @@ COST_COLUMNS = [
 ]
 
 
+def _present(arms: dict[str, dict[str, Any]], cols: list[Any]) -> list[Any]:
+    """The columns some arm has a value for (seen/unseen F1 only in the demo, etc.)."""
+    return [c for c in cols if any(m.get(c[0]) is not None for m in arms.values())]
+
+
+def _data_section(results: dict[str, Any]) -> str:
+    """The corpus the RAG arms searched and how well the training data covers it."""
+    parts = []
+    corpus = results.get("corpus")
+    if corpus:
+        parts.append(
+            f"<p>Knowledge base: <b>{corpus['documents']}</b> documents, "
+            f"<b>{corpus['chunks']}</b> chunks (every document given, not only those of the "
+            "scored questions).</p>"
+        )
+    cov = results.get("coverage")
+    if cov:
+        reasons = ", ".join(f"{k} {v}" for k, v in cov["dropped_by_reason"].items() if v)
+        parts.append(
+            "<p>Training data generated by make-qa from the documents in "
+            f"{_secs(cov['generate_s'])} (counted in the fine-tuned arms' preparation): "
+            f"<b>{cov['documents_covered']}/{cov['documents']}</b> documents and "
+            f"{cov['passages_covered']}/{cov['passages']} passages have at least one "
+            f"training example; {cov['pairs_kept']} pairs kept of {cov['pairs_generated']} "
+            f"generated, {cov['pairs_dropped']} dropped ({html.escape(reasons or 'none')}); "
+            f"{cov['examples_dropped_test_question']} examples dropped because they contained "
+            "a test question.</p>"
+        )
+    return "".join(parts)
+
+
+def _prompts_section(arms: dict[str, dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<h3>{html.escape(ARM_LABELS.get(a, a))}</h3><pre>{html.escape(m['prompt'])}</pre>"
+        for a, m in arms.items()
+        if m.get("prompt")
+    )
+    return (
+        "<h2>Prompts</h2><p>Each arm's prompt, with <code>{question}</code> and "
+        "<code>{sources}</code> standing for the question and its retrieved sources: every "
+        "arm gets the same instruction and the same worked examples (from the training "
+        "data).</p>" + rows
+        if rows
+        else ""
+    )
+
+
 def _arm_table(arms: dict[str, dict[str, Any]], cols: list[tuple[str, str, Any]]) -> str:
-    head = "<tr><th>arm</th>" + "".join(f"<th>{t}</th>" for _, t, _ in cols) + "</tr>"
+    head = "<tr><th>arm</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in cols) + "</tr>"
     rows = []
     for arm, m in arms.items():
         cells = []
@@ -400,10 +208,23 @@ def _freshness_table(fresh: dict[str, Any]) -> str:
         f"{html.escape(c['new'])}</li>"
         for c in fresh.get("changes", [])
     )
+    retention = ""
+    for arm, share in (fresh.get("retention") or {}).items():
+        d = (fresh.get("retention_detail") or {}).get(arm, {})
+        retention += (
+            f"<li>{html.escape(ARM_LABELS.get(arm, arm))}: {_pct(share)} — still answered "
+            f"{d.get('answered_after')}/{d.get('answered_before')} of the unchanged facts it "
+            f"answered before retraining ({d.get('asked')} sampled)</li>"
+        )
+    retention_html = (
+        f"<p>Retention (unchanged facts re-asked after retraining):</p><ul>{retention}</ul>"
+        if retention
+        else ""
+    )
     return (
         "<table><tr><th>arm</th><th>new value given</th><th>old value kept</th>"
         "<th>time to reflect</th><th>after retraining</th></tr>"
-        f"{''.join(rows)}</table><ul>{changes}</ul>"
+        f"{''.join(rows)}</table><ul>{changes}</ul>{retention_html}"
     )
 
 
@@ -512,8 +333,19 @@ def render_html(results: dict[str, Any], max_questions: int = 60) -> str:
         )
         + "</div>",
         f"<h2>Charts</h2><div class='charts'>{''.join(charts)}</div>",
-        f"<h2>Quality</h2>{_arm_table(arms, QUALITY_COLUMNS)}",
-        f"<h2>Cost</h2>{_arm_table(arms, COST_COLUMNS)}",
+        f"<h2>Quality</h2>{_arm_table(arms, _present(arms, QUALITY_COLUMNS))}",
+        *(
+            [
+                "<h2>Citations</h2><p>The model's own <code>[n]</code> markers are scored "
+                "apart from the source ragtune attributes afterwards when none of the "
+                "model's survives the support check.</p>"
+                + _arm_table(arms, _present(arms, CITATION_COLUMNS))
+            ]
+            if _present(arms, CITATION_COLUMNS)
+            else []
+        ),
+        f"<h2>Cost</h2>{_arm_table(arms, _present(arms, COST_COLUMNS))}",
+        *([f"<h2>Data</h2>{_data_section(results)}"] if _data_section(results) else []),
         "<p class='muted'>Intervals are 95% percentile bootstrap intervals over questions; "
         "latency is the wall time of the batch a question was answered in plus its "
         "retrieval time.</p>",
@@ -542,6 +374,7 @@ def render_html(results: dict[str, Any], max_questions: int = 60) -> str:
     sections.append(f"<h2>Example questions</h2>{qtable}")
     if sources:
         sections.append(f"<h2>Cited sources</h2>{sources}")
+    sections.append(_prompts_section(arms))
     sections.append(
         "<h2>Settings</h2><pre>"
         + html.escape(json.dumps(results.get("settings", {}), indent=2))
@@ -559,17 +392,40 @@ def render_html(results: dict[str, Any], max_questions: int = 60) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     arms = results["arms"]
     lines = ["# ragtune comparison", "", results.get("verdict", {}).get("text", ""), ""]
-    lines.append("| arm | n | EM | F1 (95% CI) | found | format | prep | latency p50 |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append(
+        "| arm | n | EM | F1 (95% CI) | found | format | model's citations: precision "
+        "| model cited | attributed post hoc | prep (of which make-qa) | latency p50 |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, m in arms.items():
         ci = m.get("f1_ci") or [float("nan")] * 2
+        gen = m.get("data_generation_s")
         lines.append(
             f"| {ARM_LABELS.get(arm, arm)} | {m['n']} | {_fmt(m.get('em'))} | "
             f"{_fmt(m.get('f1'))} ({_fmt(ci[0], 2)}–{_fmt(ci[1], 2)}) | "
-            f"{_pct(m.get('contains'))} | "
-            f"{_pct(m.get('format_ok'))} | {_secs(m.get('prep_s'))} | "
+            f"{_pct(m.get('contains'))} | {_pct(m.get('format_ok'))} | "
+            f"{_pct(m.get('citations_model_precision'))} | {_pct(m.get('cited_share'))} | "
+            f"{_pct(m.get('attributed_share'))} | {_secs(m.get('prep_s'))}"
+            f"{f' ({_secs(gen)})' if gen is not None else ''} | "
             f"{_secs(m.get('latency_p50_s'))} |"
         )
+    if any(m.get("f1_unseen_template") is not None for m in arms.values()):
+        lines += ["", "F1 by question template (trained / unseen):", ""]
+        for arm, m in arms.items():
+            lines.append(
+                f"- {ARM_LABELS.get(arm, arm)}: {_fmt(m.get('f1_seen_template'))} / "
+                f"{_fmt(m.get('f1_unseen_template'))}"
+            )
+    corpus, cov = results.get("corpus"), results.get("coverage")
+    if corpus:
+        lines += ["", f"Corpus: {corpus['documents']} documents, {corpus['chunks']} chunks."]
+    if cov:
+        lines += [
+            "",
+            f"Training data (make-qa, {_secs(cov['generate_s'])}): {cov['documents_covered']}/"
+            f"{cov['documents']} documents covered; {cov['pairs_kept']} pairs kept, "
+            f"{cov['pairs_dropped']} dropped {cov['dropped_by_reason']}.",
+        ]
     fresh = results.get("freshness")
     if fresh:
         lines += ["", f"Freshness ({fresh['n']} facts changed):", ""]
@@ -578,6 +434,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"- {ARM_LABELS.get(arm, arm)}: {f['reflected']}/{f['n']} new values, "
                 f"time to reflect {_secs(f.get('seconds_to_reflect'))} {f.get('how', '')}"
             )
+        for arm, share in (fresh.get("retention") or {}).items():
+            lines.append(f"- retention after retraining, {ARM_LABELS.get(arm, arm)}: {_pct(share)}")
     return "\n".join(lines) + "\n"
 
 

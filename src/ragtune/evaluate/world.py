@@ -1,10 +1,12 @@
 """A small fictional world for the demo: facts no pretrained model can know.
 
 Organisations, people and places with invented names, years and numbers are written as
-documents; every fact gets several paraphrased questions, of which one is held out as
-the test question and the others are training examples (so the fine-tuned arm learns the
-fact in other words and is scored on a phrasing it never saw). Everything is derived
-from a seed, so ``ragtune demo --seed N`` is reproducible.
+documents; every fact gets several paraphrased questions from its relation's templates.
+One template per relation is held out of training altogether: half the facts of each
+relation are tested on it (``unseen_template``: a phrasing no training example has, for
+any fact), the other half on a trained template that was left out for that fact only
+(``seen_template``). The fact's remaining phrasings are its training examples. Everything
+is derived from a seed, so ``ragtune demo --seed N`` is reproducible.
 """
 
 from __future__ import annotations
@@ -156,14 +158,20 @@ class Fact:
     doc_id: str
     questions: tuple[str, ...]  # paraphrases; questions[test_index] is held out
     test_index: int
+    held_out_template: int  # the relation's template no training example uses
 
     @property
     def test_question(self) -> str:
         return self.questions[self.test_index]
 
     @property
+    def unseen_template(self) -> bool:
+        return self.test_index == self.held_out_template
+
+    @property
     def train_questions(self) -> list[str]:
-        return [q for i, q in enumerate(self.questions) if i != self.test_index]
+        skip = {self.test_index, self.held_out_template}
+        return [q for i, q in enumerate(self.questions) if i not in skip]
 
 
 @dataclass(frozen=True)
@@ -217,10 +225,21 @@ def make_world(seed: int = 0, n_orgs: int = 4, n_people: int = 6, n_places: int 
     ]
     docs: list[WorldDoc] = []
     facts: list[Fact] = []
+    # A separate generator, so the held-out templates do not change the world's values.
+    template_rng = random.Random(f"templates-{seed}")
+    held_out = {rel: template_rng.randrange(len(qs)) for rel, qs in QUESTIONS.items()}
+    seen_count = {rel: 0 for rel in QUESTIONS}
 
     def add_facts(doc_id: str, entity: str, values: dict[str, str]) -> None:
         for relation, value in values.items():
             questions = tuple(q.format(e=entity) for q in QUESTIONS[relation])
+            n = seen_count[relation]
+            seen_count[relation] += 1
+            held = held_out[relation]
+            # Even facts: the held-out template; odd: a trained one, rotating.
+            test = (
+                held if n % 2 == 0 else (held + 1 + n // 2 % (len(questions) - 1)) % len(questions)
+            )
             facts.append(
                 Fact(
                     fact_id=f"{doc_id}:{relation}",
@@ -229,7 +248,8 @@ def make_world(seed: int = 0, n_orgs: int = 4, n_people: int = 6, n_places: int 
                     value=value,
                     doc_id=doc_id,
                     questions=questions,
-                    test_index=len(facts) % len(questions),
+                    test_index=test,
+                    held_out_template=held,
                 )
             )
 
@@ -293,6 +313,7 @@ def question_records(world: World) -> list[dict[str, object]]:
             "answers": [f.value],
             "doc_id": f.doc_id,
             "split": "test",
+            "group": "unseen_template" if f.unseen_template else "seen_template",
         }
         for f in world.facts
     ]

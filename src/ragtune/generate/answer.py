@@ -8,6 +8,7 @@ every answer keeps the context it saw, so citations map to exact document spans.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ragtune.generate.engine import Generator
 from ragtune.generate.prompts import (
@@ -77,6 +78,86 @@ def with_markers(answer: str, citations: Sequence[Citation]) -> str:
     return f"{claim} {marks}" if claim and marks else claim
 
 
+def prompt_messages(
+    question: str,
+    sources: Sequence[str] | None,
+    instruction: str | None,
+    fewshot: Sequence[tuple[str, str]],
+) -> list[Message]:
+    """The conversation for one question: system text (``instruction``; with ``sources``,
+    the RAG instruction and the numbered sources after it), the few-shot turns, then the
+    question. ``sources=None`` is closed book."""
+    if sources is not None:
+        messages = rag_messages(question, sources, instruction or RAG_INSTRUCTION)
+    else:
+        messages = [Message("system", instruction)] if instruction else []
+        messages.append(Message("user", question))
+    shots = [m for q, a in fewshot for m in (Message("user", q), Message("assistant", a))]
+    # Few-shot turns go after the system text and before the question.
+    system = [m for m in messages if m.role == "system"]
+    rest = [m for m in messages if m.role != "system"]
+    return [*system, *shots, *rest]
+
+
+def prompt_template(
+    tokenizer: Any, rag: bool, instruction: str | None, fewshot: Sequence[tuple[str, str]]
+) -> str:
+    """The prompt an arm gives every question, with ``{question}`` and (RAG) ``{sources}``
+    standing for the question and its numbered sources: what results.json reports."""
+    sources = ["{sources}"] if rag else None
+    return chat_prompt(prompt_messages("{question}", sources, instruction, fewshot), tokenizer)
+
+
+def generate_answers(
+    questions: Sequence[str],
+    generator: Generator,
+    contexts: Sequence[Sequence[Hit]] | None = None,
+    context_tokens: int = 2048,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    instruction: str | None = None,
+    fewshot: Sequence[tuple[str, str]] | None = None,
+    extract: Callable[[str], str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[Answer, list[int]]]:
+    """:func:`answer_questions`, each answer with the source numbers the model itself wrote
+    (``[n]`` markers in its raw output, valid numbers only, before any check)."""
+    if fewshot is None:
+        fewshot = RAG_FEWSHOT if contexts is not None else ()
+    prompts, used_hits = [], []
+    for i, question in enumerate(questions):
+        sources = None
+        if contexts is not None:
+            packed = pack_sources(contexts[i], generator.count_tokens, context_tokens)
+            sources = [block for _, block in packed]
+            used_hits.append([h for h, _ in packed])
+        else:
+            used_hits.append([])
+        messages = prompt_messages(question, sources, instruction, fewshot)
+        prompts.append(chat_prompt(messages, generator.tokenizer))
+    gens = generator.generate(
+        prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    out = []
+    for question, hits, gen in zip(questions, used_hits, gens, strict=True):
+        claim = extract(gen.text) if extract else gen.text
+        citations = cite(claim, hits) if hits else []
+        answer = Answer(
+            question=question,
+            text=with_markers(gen.text, citations) if hits and not extract else gen.text,
+            citations=citations,
+            hits=hits,
+            timings={
+                "generate_s": gen.seconds,
+                "prompt_tokens": float(gen.prompt_tokens),
+                "new_tokens": float(gen.new_tokens),
+            },
+            model=generator.name,
+        )
+        out.append((answer, parse_citations(gen.text, len(hits)) if hits else []))
+    return out
+
+
 def answer_questions(
     questions: Sequence[str],
     generator: Generator,
@@ -100,44 +181,16 @@ def answer_questions(
     follow a required form (e.g. JSON), are left as generated, and citations are checked
     against ``extract(answer)``, the part that states the answer.
     """
-    if fewshot is None:
-        fewshot = RAG_FEWSHOT if contexts is not None else ()
-    shots = [m for q, a in fewshot for m in (Message("user", q), Message("assistant", a))]
-    prompts, used_hits = [], []
-    for i, question in enumerate(questions):
-        if contexts is not None:
-            packed = pack_sources(contexts[i], generator.count_tokens, context_tokens)
-            messages = rag_messages(
-                question, [block for _, block in packed], instruction or RAG_INSTRUCTION
-            )
-            used_hits.append([h for h, _ in packed])
-        else:
-            messages = [Message("system", instruction)] if instruction else []
-            messages.append(Message("user", question))
-            used_hits.append([])
-        # Few-shot turns go after the system text and before the question.
-        system = [m for m in messages if m.role == "system"]
-        rest = [m for m in messages if m.role != "system"]
-        prompts.append(chat_prompt([*system, *shots, *rest], generator.tokenizer))
-    gens = generator.generate(
-        prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    pairs = generate_answers(
+        questions,
+        generator,
+        contexts,
+        context_tokens,
+        max_new_tokens,
+        batch_size,
+        instruction,
+        fewshot,
+        extract,
+        progress,
     )
-    answers = []
-    for question, hits, gen in zip(questions, used_hits, gens, strict=True):
-        claim = extract(gen.text) if extract else gen.text
-        citations = cite(claim, hits) if hits else []
-        answers.append(
-            Answer(
-                question=question,
-                text=with_markers(gen.text, citations) if hits and not extract else gen.text,
-                citations=citations,
-                hits=hits,
-                timings={
-                    "generate_s": gen.seconds,
-                    "prompt_tokens": float(gen.prompt_tokens),
-                    "new_tokens": float(gen.new_tokens),
-                },
-                model=generator.name,
-            )
-        )
-    return answers
+    return [a for a, _ in pairs]

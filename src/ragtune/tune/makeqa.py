@@ -11,12 +11,14 @@ dropped and counted, as are malformed or trivial pairs (the answer inside the qu
 from __future__ import annotations
 
 import json
+import random
 import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
+from pathlib import Path
 from typing import Any, Protocol
 
 from ragtune.errors import RagtuneError
@@ -60,19 +62,39 @@ class QAPair:
     answer: str
     passage: str
     paraphrases: list[str] = field(default_factory=list)
+    doc: int = -1  # index of the document the passage came from
 
 
 @dataclass
 class MakeQAReport:
+    """What make-qa did, including how well its pairs cover the documents: a weak
+    fine-tuned arm trained on few of the documents' facts is a verdict on the data, not on
+    fine-tuning."""
+
+    documents: int = 0
+    documents_covered: int = 0  # documents with at least one kept pair
     passages: int = 0
+    passages_covered: int = 0  # passages with at least one kept pair
     generated: int = 0
     kept: int = 0
     dropped_unsupported: int = 0
     dropped_inconsistent: int = 0
     dropped_malformed: int = 0
+    dropped_duplicate: int = 0
+    dropped_over_budget: int = 0  # past --max-pairs
     paraphrases: int = 0
     examples: int = 0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def dropped_by_reason(self) -> dict[str, int]:
+        return {
+            "unsupported": self.dropped_unsupported,
+            "inconsistent": self.dropped_inconsistent,
+            "malformed": self.dropped_malformed,
+            "duplicate": self.dropped_duplicate,
+            "over_budget": self.dropped_over_budget,
+        }
 
 
 class QAWriter(Protocol):
@@ -393,15 +415,17 @@ def make_qa(
 ) -> tuple[list[QAPair], MakeQAReport]:
     """Question/answer pairs from ``(title, text)`` documents, checked against their
     passages, each with paraphrases."""
-    report = MakeQAReport()
+    report = MakeQAReport(documents=len(documents))
     per_doc = [split_passages(text, title) for title, text in documents]
     # Round-robin over the documents, so a --max-pairs budget covers all of them.
-    passages = [p for row in zip_longest(*per_doc) for p in row if p is not None]
+    rows = [[(d, p) for p in passages] for d, passages in enumerate(per_doc)]
+    order = [x for row in zip_longest(*rows) for x in row if x is not None]
     if max_pairs is not None:
-        passages = passages[: max(0, max_pairs * 2)]  # some candidates will be dropped
+        order = order[: max(0, max_pairs * 2)]  # some candidates will be dropped
+    passages = [p for _, p in order]
     report.passages = len(passages)
-    kept: list[tuple[str, str, str]] = []
-    for passage, candidates in zip(passages, writer.pairs(passages), strict=True):
+    kept: list[tuple[str, str, str, int]] = []
+    for (doc, passage), candidates in zip(order, writer.pairs(passages), strict=True):
         for c in candidates:
             report.generated += 1
             why = check_pair(c.question, c.answer, passage)
@@ -411,14 +435,19 @@ def make_qa(
                 report.dropped_malformed += 1
             elif c.intended is not None and token_f1(c.answer, [c.intended]) < 0.5:
                 report.dropped_inconsistent += 1  # the model's own answer disagrees
-            elif all(normalize_answer(c.question) != normalize_answer(k[0]) for k in kept):
-                kept.append((c.question, c.answer, passage))
+            elif any(normalize_answer(c.question) == normalize_answer(k[0]) for k in kept):
+                report.dropped_duplicate += 1
+            else:
+                kept.append((c.question, c.answer, passage, doc))
     if max_pairs is not None:
+        report.dropped_over_budget = max(0, len(kept) - max_pairs)
         kept = kept[:max_pairs]
     report.kept = len(kept)
-    rewrites = writer.paraphrases([q for q, _, _ in kept], paraphrases) if paraphrases else []
+    report.documents_covered = len({d for *_, d in kept})
+    report.passages_covered = len({p for _, _, p, _ in kept})
+    rewrites = writer.paraphrases([q for q, *_ in kept], paraphrases) if paraphrases else []
     pairs = []
-    for i, (q, a, passage) in enumerate(kept):
+    for i, (q, a, passage, doc) in enumerate(kept):
         alts: list[str] = []
         for p in rewrites[i] if rewrites else []:
             if check_paraphrase(q, p) and all(
@@ -426,7 +455,7 @@ def make_qa(
             ):
                 alts.append(p.strip())
         report.paraphrases += len(alts)
-        pairs.append(QAPair(q, a, passage, alts))
+        pairs.append(QAPair(q, a, passage, alts, doc))
     report.examples = sum(1 + len(p.paraphrases) for p in pairs)
     return pairs, report
 
@@ -444,3 +473,40 @@ def to_examples(pairs: Sequence[QAPair], system: str | None = None) -> list[dict
                 messages.insert(0, {"role": "system", "content": system})
             records.append({"messages": messages})
     return records
+
+
+def read_documents(paths: Sequence[Path]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(title, text)`` of every readable document under ``paths`` (files or folders, in
+    discovery order), and ``(file, reason)`` for every file skipped."""
+    from ragtune.ingest.loaders import SkipFile, discover, load_file
+
+    texts: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for file, root in discover(list(paths)):
+        try:
+            loaded = load_file(file, root)
+        except SkipFile as e:
+            skipped.append((str(file), e.reason))
+            continue
+        skipped.extend(loaded.skipped)
+        texts.extend((d.title, d.text) for d in loaded.documents)
+    return texts, skipped
+
+
+def make_qa_files(
+    paths: Sequence[Path],
+    writer: QAWriter,
+    seed: int = 0,
+    paraphrases: int = 2,
+    max_pairs: int | None = None,
+    system: str | None = None,
+) -> tuple[list[dict[str, Any]], MakeQAReport]:
+    """Training records (OpenAI chat JSONL objects) from the documents under ``paths``,
+    read in a seeded order; the report counts what was kept, dropped and covered."""
+    texts, skipped = read_documents(paths)
+    if not texts:
+        raise RagtuneError("No readable documents", "pass .txt, .md, .html, .pdf files or folders")
+    random.Random(seed).shuffle(texts)
+    pairs, report = make_qa(texts, writer, paraphrases=paraphrases, max_pairs=max_pairs)
+    report.skipped_files = skipped
+    return to_examples(pairs, system=system), report
