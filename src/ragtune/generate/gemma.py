@@ -218,9 +218,12 @@ class GemmaEngine:
             out = torch.tanh(out / cap) * cap
         return out
 
-    def prefill(self, tokens: torch.Tensor, slot: int, lora_slot: int) -> torch.Tensor:
+    def prefill(
+        self, tokens: torch.Tensor, slot: int, lora_slot: int, all_positions: bool = False
+    ) -> torch.Tensor:
         """Run one request's prompt (T,) from position 0, filling cache ``slot``; returns
-        the (1, H) hidden state of its last token."""
+        the (1, H) hidden state of its last token (every position's, (T, H), when
+        ``all_positions``, e.g. for perplexity)."""
         s, c = self.spec, self.cache
         T = tokens.shape[0]
         nh, nkv, hd = s.n_heads, s.n_kv, s.head_dim
@@ -264,7 +267,7 @@ class GemmaEngine:
             x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
             h = _rms(x, lw.pre_ff_norm, s.eps)
             x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
-        return x[-1:]
+        return x if all_positions else x[-1:]
 
     def decode(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
         """One token for each of B running requests: tokens (B,) at ``batch.positions``
