@@ -148,3 +148,26 @@ def test_prompt_longer_than_the_context_is_refused(generator: Generator) -> None
 def test_unknown_adapter_is_refused(generator: Generator) -> None:
     with pytest.raises(RagtuneError, match="No adapter named"):
         generator.submit("hi", SamplingParams(), adapter="nope")
+
+
+def test_other_architectures_fall_back_to_transformers(tiny_lm: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    g = Generator.load(str(tmp_path), device="cpu", dtype="float32")
+    assert not g.native
+    out = g.generate(PROMPTS[:2], max_new_tokens=5, stop=())
+    ids = tok(PROMPTS[0], return_tensors="pt")
+    with torch.inference_mode():
+        ref = model.generate(**ids, max_new_tokens=5, do_sample=False, eos_token_id=-1,
+                             pad_token_id=tok.pad_token_id)  # fmt: skip
+    expected = tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert out[0].text == expected.strip() and out[0].new_tokens == 5
+    with pytest.raises(RagtuneError, match="need a Gemma 3 model"):
+        g.submit("hi", SamplingParams())

@@ -66,3 +66,14 @@ def test_int8_logits_within_tolerance_of_fp32(tiny_lm: Path) -> None:
 def test_int8_needs_a_gemma_model_on_cpu(tiny_lm: Path) -> None:
     with pytest.raises(RagtuneError, match="int8 weights are for the CPU"):
         Generator.load(str(tiny_lm), device="meta", quantize="int8")
+
+
+def test_ask_with_int8(tiny_lm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ragtune.cli import main
+
+    args = ["ask", "What is the capital of France?", "--model", str(tiny_lm), "--device", "cpu"]
+    assert main([*args, "--int8", "--json", "--max-new-tokens", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["timings"]["generate_s"] > 0 and isinstance(out["answer"], str)
