@@ -85,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--ppl-docs", type=int, default=40)
     ap.add_argument("--ppl-tokens", type=int, default=256)
+    ap.add_argument("--max-questions", type=int, help="only the first N world questions")
+    ap.add_argument("--refs", default="fp32,bf16", help="reference precisions")
     args = ap.parse_args(argv)
     texts = heldout_texts(args.ppl_docs)
     questions, contexts = world_arms()
+    questions, contexts = questions[: args.max_questions], contexts[: args.max_questions]
+    refs = [r for r in args.refs.split(",") if r]
     out: dict[str, object] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "questions": len(questions),
@@ -95,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     answers: dict[str, dict[str, list[str]]] = {}
     t0 = time.perf_counter()
-    for name, dtype, quant in (
-        ("fp32", "float32", "none"),
-        ("bf16", "bfloat16", "none"),
-        ("int8", "bfloat16", "int8"),
-    ):
+    precisions = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none")}
+    for name, (dtype, quant) in [
+        *((r, precisions[r]) for r in refs),
+        ("int8", ("bfloat16", "int8")),
+    ]:
         g = Generator.load("default", device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
         out[f"perplexity_{name}"] = perplexity(g, texts, args.ppl_tokens)
         answers[name] = {
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "rag": [a.text for a in answer_questions(questions, g, contexts=contexts)],
         }
         g.close()
-    for ref in ("fp32", "bf16"):
+    for ref in refs:
         ppl_ref = float(out[f"perplexity_{ref}"])  # type: ignore[arg-type]
         out[f"int8_perplexity_change_vs_{ref}"] = float(out["perplexity_int8"]) / ppl_ref - 1  # type: ignore[arg-type]
         for arm in ("closed_book", "rag"):
@@ -120,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
+        ref = refs[0]
         print(
-            f"int8 perplexity {out['perplexity_int8']:.3f} vs fp32 {out['perplexity_fp32']:.3f} "
-            f"({100 * float(out['int8_perplexity_change_vs_fp32']):+.2f}%); same answers vs fp32: "  # type: ignore[arg-type]
-            f"closed-book {out['int8_same_answer_closed_book_vs_fp32']:.1%}, "
-            f"rag {out['int8_same_answer_rag_vs_fp32']:.1%}"
+            f"int8 perplexity {out['perplexity_int8']:.3f} vs {ref} {out[f'perplexity_{ref}']:.3f}"
+            f" ({100 * float(out[f'int8_perplexity_change_vs_{ref}']):+.2f}%); "  # type: ignore[arg-type]
+            f"same answers vs {ref}: "
+            f"closed-book {out[f'int8_same_answer_closed_book_vs_{ref}']:.1%}, "
+            f"rag {out[f'int8_same_answer_rag_vs_{ref}']:.1%}"
         )
     return 0
 
