@@ -57,7 +57,8 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Genera
     softmax(logits / T) restricted to the top-p nucleus."""
     if params.temperature <= 0.0:
         return int(logits.argmax().item())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    # on the CPU: a request's generator is a CPU one (also when the model runs on a GPU)
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
     probs = top_p_filter(probs, params.top_p)
     return int(torch.multinomial(probs, 1, generator=gen).item())
 
