@@ -171,6 +171,24 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
+def memory_with_adapters(adapter_paths: list[Path]) -> dict[str, Any]:
+    """Memory of 1 base + every adapter loaded in the bank (no request running)."""
+    before = current_rss_mb()
+    g20 = Generator.load("default", device="cpu", dtype="auto", max_adapters=len(adapter_paths))
+    for i, p in enumerate(adapter_paths):
+        g20.add_adapter(f"a{i}", p)
+        g20.submit(QUESTION_PROMPT, SamplingParams(max_tokens=1), f"a{i}").result()
+    eng = g20.scheduler.engine
+    mem = {
+        "rss_mb_base_plus_20_adapters": current_rss_mb() - before,
+        "adapter_bank_mb": eng.bank.nbytes / 2**20,
+        "kv_cache_mb": eng.cache.nbytes / 2**20,
+        "adapters_loaded": len(eng.bank.loaded),
+    }
+    g20.close()
+    return mem
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     ap.add_argument("--prefill-tokens", type=int, default=1000)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument(
+        "--quick", action="store_true", help="single stream and prefill only (no batches, adapters)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -191,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_model, _ = load_lm("default", device="cpu", dtype="auto")
     llm = load_llamacpp()
     with tempfile.TemporaryDirectory() as tmp:
-        adapter_paths = make_adapters(Path(g.name), Path(tmp), 20)
+        adapter_paths = [] if args.quick else make_adapters(Path(g.name), Path(tmp), 20)
         for i, p in enumerate(adapter_paths[:4]):
             g.add_adapter(f"a{i}", p)
         long_prompt = rag_prompt(tok, args.prefill_tokens)
@@ -216,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                 add("llamacpp", lc_stream(llm, QUESTION_PROMPT, n)["rate"])
             if hf_model is not None:
                 add("transformers", hf_stream(hf_model, tok, QUESTION_PROMPT, n))
-            add("batched16", rt_concurrent(g, prompts16, n, [None] * 16))
-            add("int8_batched16", rt_concurrent(g8, prompts16, n, [None] * 16))
-            add("mixed4", rt_concurrent(g, prompts16, n, [f"a{i % 4}" for i in range(16)]))
-            add("single_model16", rt_concurrent(g, prompts16, n, [None] * 16))
+            if not args.quick:
+                add("batched16", rt_concurrent(g, prompts16, n, [None] * 16))
+                add("int8_batched16", rt_concurrent(g8, prompts16, n, [None] * 16))
+                mixed = [f"a{i % 4}" for i in range(16)]
+                add("mixed4", rt_concurrent(g, prompts16, n, list(mixed)))
+                add("single_model16", rt_concurrent(g, prompts16, n, [None] * 16))
             add("prefill", rt_prefill(g, long_prompt))
             add("int8_prefill", rt_prefill(g8, long_prompt))
             add("ttft_1000", rt_stream(g, long_prompt, 2)["ttft"])
@@ -230,19 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         g.close()
         g8.close()
         del hf_model
-        before = current_rss_mb()
-        g20 = Generator.load("default", device="cpu", dtype="auto", max_adapters=20)
-        for i, p in enumerate(adapter_paths):
-            g20.add_adapter(f"a{i}", p)
-            g20.submit(QUESTION_PROMPT, SamplingParams(max_tokens=1), f"a{i}").result()
-        eng = g20.scheduler.engine
-        mem = {
-            "rss_mb_base_plus_20_adapters": current_rss_mb() - before,
-            "adapter_bank_mb": eng.bank.nbytes / 2**20,
-            "kv_cache_mb": eng.cache.nbytes / 2**20,
-            "adapters_loaded": len(eng.bank.loaded),
-        }
-        g20.close()
+        mem = None if args.quick else memory_with_adapters(adapter_paths)
+
+    def m(key: str) -> float | None:
+        return median(r[key]) if key in r else None
 
     def m(key: str) -> float | None:
         return median(r[key]) if key in r else None
@@ -285,13 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     if base:
         best = max(out["ragtune_tokens_per_s"], out["ragtune_int8_tokens_per_s"])
         out["single_stream_ratio"] = best / base
-        out["batched16_vs_reference_single"] = (
-            max(out["ragtune_batched16_tokens_per_s"], out["ragtune_int8_batched16_tokens_per_s"])
-            / base
+        if not args.quick:
+            out["batched16_vs_reference_single"] = (
+                max(
+                    out["ragtune_batched16_tokens_per_s"],
+                    out["ragtune_int8_batched16_tokens_per_s"],
+                )
+                / base
+            )
+    if not args.quick:
+        out["mixed_vs_single_model"] = (
+            out["adapters_mixed_batch_tokens_per_s"] / out["single_model_batch16_tokens_per_s"]
         )
-    out["mixed_vs_single_model"] = (
-        out["adapters_mixed_batch_tokens_per_s"] / out["single_model_batch16_tokens_per_s"]
-    )
     if out["llamacpp_prefill_tokens_per_s"]:
         out["prefill_ratio"] = (
             out["ragtune_prefill_tokens_per_s"] / out["llamacpp_prefill_tokens_per_s"]
@@ -301,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"single stream {out['ragtune_tokens_per_s']:.1f} tok/s "
-            f"(int8 {out['ragtune_int8_tokens_per_s']:.1f}) vs {out['reference']} {base:.1f}; "
-            f"16 concurrent {out['ragtune_batched16_tokens_per_s']:.1f}; "
-            f"mixed adapters {out['mixed_vs_single_model']:.0%} of one model; "
+            f"(int8 {out['ragtune_int8_tokens_per_s']:.1f}) vs {out['reference']} {base}; "
+            f"16 concurrent {out['ragtune_batched16_tokens_per_s']}; "
+            f"mixed adapters / one model {out.get('mixed_vs_single_model')}; "
             f"prefill {out['ragtune_prefill_tokens_per_s']:.0f} tok/s"
         )
     return 0
