@@ -258,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     def m(key: str) -> float | None:
         return median(r[key]) if key in r else None
 
-    def m(key: str) -> float | None:
-        return median(r[key]) if key in r else None
-
     out: dict[str, Any] = {
         "ragtune_tokens_per_s": m("ragtune"),
         "ragtune_precision": str(g.scheduler.engine.w.dtype).replace("torch.", ""),
