@@ -73,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
+    p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask, batch_size=cfg.generate.batch_size)
 
@@ -86,6 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
+    p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
     p.set_defaults(func=cmd_chat, batch_size=cfg.generate.batch_size)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
@@ -200,7 +202,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         contexts = [kb.search(args.question, **search_kwargs(args))]
         timings["retrieve_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    generator = Generator.load(args.model, device=args.device, dtype=args.dtype)
+    generator = Generator.load(
+        args.model, args.device, args.dtype, quantize="int8" if args.int8 else "none"
+    )
     timings["load_model_s"] = time.perf_counter() - t1
     answer = answer_questions(
         [args.question],
@@ -255,7 +259,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ragtune.retrieve.kb import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb, device=args.device) if args.kb else None
-    generator = Generator.load(args.model, device=args.device, dtype=args.dtype)
+    generator = Generator.load(
+        args.model, args.device, args.dtype, quantize="int8" if args.int8 else "none"
+    )
     out = console()
     out.print(
         f"[dim]{generator.name} {'with ' + args.kb if kb else '(closed book)'}; "

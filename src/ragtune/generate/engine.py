@@ -1,27 +1,45 @@
-"""Batched greedy decoding with a KV cache: one loaded model, many prompts per forward pass.
+"""The one generator behind ask, chat, compare, make-qa and the service.
 
-Prompts are sorted by length and decoded in batches with left padding (so every row's
-next token sits in the last column), which keeps padding waste low and the CPU busy;
-results come back in the caller's order. Decoding is greedy, so results are
-deterministic for a given model and prompt. A lock makes one ``Generator`` safe to
-share between threads (e.g. the callers of a server).
+For Gemma 3 models (the default and every model ragtune fine-tunes from it) decoding runs
+on ragtune's own forward (:mod:`ragtune.generate.gemma`) under a continuous-batching
+scheduler (:mod:`ragtune.generate.scheduler`): requests from any thread share one batch,
+each row may use its own LoRA adapter on the shared base (:mod:`ragtune.generate.lora`),
+and weights may be int8 on the CPU (:mod:`ragtune.generate.quant`). Other architectures
+fall back to transformers (greedy :meth:`Generator.generate` only).
+
+:meth:`Generator.generate` is greedy and deterministic for a given model, prompt and
+precision; :meth:`Generator.submit` takes :class:`SamplingParams` and streams.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ragtune.errors import RagtuneError
 from ragtune.generate.prompts import STOP_STRINGS
+from ragtune.generate.sampling import Completion, SamplingParams, TokenDelta
 
 if TYPE_CHECKING:
     import torch
 
+    from ragtune.generate.scheduler import RequestHandle, Scheduler
+
+__all__ = ["Completion", "Generation", "Generator", "SamplingParams", "TokenDelta", "cut_at_stop"]
+
+log = logging.getLogger(__name__)
+
 Finish = Literal["stop", "eos", "length"]
+Quantize = Literal["none", "int8"]
+DEFAULT_SLOTS = 16
+DEFAULT_MAX_SEQ_LEN = 4096
+DEFAULT_MAX_ADAPTERS = 8
 
 
 @dataclass(frozen=True)
@@ -30,7 +48,7 @@ class Generation:
     prompt_tokens: int
     new_tokens: int  # tokens generated for this prompt (up to its stop)
     finish: Finish
-    seconds: float  # wall time of the batch this prompt was decoded in
+    seconds: float  # wall time from the prompt's prefill to its last token
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -40,36 +58,219 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 class Generator:
-    """Wraps a causal LM and its tokenizer. Build with :meth:`load` or from objects."""
+    """A loaded model and its tokenizer. Build with :meth:`load`.
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "") -> None:
-        self.model = model
+    ``slots`` requests run at once, each with a KV cache of ``max_seq_len`` positions,
+    allocated up front; ``max_adapters`` LoRA adapters stay loaded (LRU past that).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str = "",
+        *,
+        dtype: torch.dtype | None = None,
+        quantize: Quantize = "none",
+        slots: int = DEFAULT_SLOTS,
+        max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
+    ) -> None:
+        import torch
+
         self.tokenizer = tokenizer
         self.name = name
-        self._lock = threading.Lock()
+        self.quantize = quantize
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self._adapters: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self.model: Any = model  # kept only for the transformers fallback
+        self._sched: Scheduler | None = None
+        self._device = next(model.parameters()).device
+        self._max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = {int(e) for e in eos_ids if e is not None}
+        if getattr(model.config, "model_type", "") != "gemma3_text":
+            if quantize != "none":
+                raise RagtuneError(
+                    f"int8 needs a Gemma 3 model; {name} is {model.config.model_type}",
+                    "drop --int8 for this model",
+                )
+            log.info("%s: no native engine for this architecture; using transformers", name)
+            return
+        from ragtune.generate.gemma import GemmaEngine, GemmaSpec, GemmaWeights, KVCache
+        from ragtune.generate.lora import GROUPS, AdapterBank
+        from ragtune.generate.scheduler import Scheduler
+
+        compute = dtype or next(model.parameters()).dtype
+        if quantize == "int8":
+            if self._device.type != "cpu":
+                raise RagtuneError("int8 weights are for the CPU", "drop --int8 on a GPU")
+            compute = torch.bfloat16  # the int8 kernel's fast path takes bf16 activations
+        weights = GemmaWeights(model, compute, int8=quantize == "int8")
+        spec: GemmaSpec = weights.spec
+        self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
+        cache = KVCache(spec, slots, self._max_context, compute, self._device)
+        q, kv = spec.n_heads * spec.head_dim, spec.n_kv * spec.head_dim
+        dims = {
+            "qkv": (spec.hidden, (q, kv, kv)),
+            "o": (q, (spec.hidden,)),
+            "gate_up": (spec.hidden, (spec.inter, spec.inter)),
+            "down": (spec.inter, (spec.hidden,)),
+        }
+        assert set(dims) == set(GROUPS)
+        bank = AdapterBank(spec.n_layers, dims, max_adapters, compute, self._device)
+        self._sched = Scheduler(GemmaEngine(weights, cache, bank), tokenizer, self.eos_ids)
+        self.model = None  # the fused weights replace it; the layers' memory is freed
 
     @classmethod
     def load(
-        cls, name_or_path: str = "default", device: str = "auto", dtype: str = "auto"
+        cls,
+        name_or_path: str = "default",
+        device: str = "auto",
+        dtype: str = "auto",
+        *,
+        quantize: Quantize = "none",
+        slots: int = DEFAULT_SLOTS,
+        max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
     ) -> Generator:
         from ragtune.models import load_lm, resolve_lm
 
         model, tokenizer = load_lm(name_or_path, device=device, dtype=dtype)
-        return cls(model, tokenizer, name=str(resolve_lm(name_or_path)))
+        return cls(
+            model,
+            tokenizer,
+            name=str(resolve_lm(name_or_path)),
+            quantize=quantize,
+            slots=slots,
+            max_seq_len=max_seq_len,
+            max_adapters=max_adapters,
+        )
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self._device
 
     @property
     def max_context(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return self._max_context
+
+    @property
+    def native(self) -> bool:
+        """True when ragtune's own engine runs this model (else transformers does)."""
+        return self._sched is not None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._sched is None:
+            raise RagtuneError(
+                f"{self.name}: streaming, sampling and adapters need a Gemma 3 model",
+                "use a Gemma 3 base or a model fine-tuned from one",
+            )
+        return self._sched
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        return list(prompt)
+
+    def _check_fits(self, n_prompt: int, max_tokens: int, what: str = "Prompt") -> None:
+        if n_prompt < 1:
+            raise RagtuneError("The prompt is empty", "pass some text")
+        if n_prompt + max_tokens > self.max_context:
+            raise RagtuneError(
+                f"{what} has {n_prompt} tokens; with {max_tokens} new tokens it "
+                f"exceeds the model's context of {self.max_context}",
+                "retrieve fewer or shorter passages (-k, --context-tokens)",
+            )
+
+    # -- the request API ----------------------------------------------------------------
+    def submit(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        adapter: str | None = None,
+        *,
+        on_done: Callable[[], None] | None = None,
+    ) -> RequestHandle:
+        """Queue one request (thread-safe); it is batched with whatever else is running.
+        ``on_done`` is called from the scheduler thread when it finishes or fails."""
+        import torch
+
+        from ragtune.generate.sampling import Detokenizer
+        from ragtune.generate.scheduler import Request
+
+        sched = self.scheduler
+        if params.max_tokens < 1:
+            raise RagtuneError("max_tokens must be at least 1")
+        if params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise RagtuneError("temperature must be >= 0 and top_p in (0, 1]")
+        ids = self._encode(prompt)
+        self._check_fits(len(ids), params.max_tokens)
+        path = None
+        if adapter is not None:
+            with self._lock:
+                path = self._adapters.get(adapter)
+            if path is None:
+                raise RagtuneError(
+                    f"No adapter named {adapter!r}", "register it with add_adapter(name, path)"
+                )
+        rng = None
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8))
+            rng = torch.Generator().manual_seed(seed % (1 << 63))
+        req = Request(
+            ids=ids,
+            params=params,
+            adapter=adapter,
+            adapter_path=path,
+            detok=Detokenizer(self.tokenizer, params.stop),
+            rng=rng,
+            on_done=on_done,
+        )
+        return sched.submit(req)
+
+    def add_adapter(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Register a LoRA adapter (a ``ragtune tune --method lora`` run folder or a PEFT
+        folder); it loads on first use."""
+        from ragtune.generate.lora import resolve_adapter
+
+        self.scheduler  # noqa: B018  (raises when the model has no native engine)
+        folder = resolve_adapter(path)
+        with self._lock:
+            old = self._adapters.get(name)
+            self._adapters[name] = folder
+        if old is not None and old != folder:
+            self._evict(name)
+
+    def remove_adapter(self, name: str) -> None:
+        with self._lock:
+            if self._adapters.pop(name, None) is None:
+                raise RagtuneError(f"No adapter named {name!r}")
+        self._evict(name)
+
+    def _evict(self, name: str) -> None:
+        sched = self.scheduler
+        with sched.cond:
+            sched.evictions.append(name)
+            sched.cond.notify()
+
+    @property
+    def adapters(self) -> list[str]:
+        with self._lock:
+            return sorted(self._adapters)
+
+    def close(self) -> None:
+        if self._sched is not None:
+            self._sched.close()
+
+    # -- the batch API (ask, compare, make-qa) ---------------------------------------------
     def generate(
         self,
         prompts: Sequence[str],
@@ -77,109 +278,68 @@ class Generator:
         stop: Sequence[str] = STOP_STRINGS,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
+        adapter: str | None = None,
     ) -> list[Generation]:
-        """Greedy continuations of ``prompts``, in order. ``progress(n)`` after each batch."""
+        """Greedy continuations of ``prompts``, in order; at most ``batch_size`` run at
+        once (and at most the engine's slots). ``progress(1)`` as each one finishes."""
         if max_new_tokens < 1 or batch_size < 1:
             raise RagtuneError("max_new_tokens and batch_size must be at least 1")
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        encoded = [self._encode(p) for p in prompts]
         for i, ids in enumerate(encoded):
-            if len(ids) + max_new_tokens > self.max_context:
-                raise RagtuneError(
-                    f"Prompt {i} has {len(ids)} tokens; with {max_new_tokens} new tokens it "
-                    f"exceeds the model's context of {self.max_context}",
-                    "retrieve fewer or shorter passages (-k, --context-tokens)",
+            self._check_fits(len(ids), max_new_tokens, f"Prompt {i}")
+        if self._sched is None:
+            return self._generate_hf(encoded, max_new_tokens, stop, batch_size, progress)
+        params = SamplingParams(max_tokens=max_new_tokens, stop=tuple(s for s in stop if s))
+        finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+        handles: list[RequestHandle] = []
+        done = 0
+        try:
+            while done < len(encoded):
+                while len(handles) < len(encoded) and len(handles) - done < batch_size:
+                    i = len(handles)
+                    handles.append(
+                        self.submit(encoded[i], params, adapter, on_done=lambda: finished.put(0))
+                    )
+                finished.get()
+                done += 1
+                if progress is not None:
+                    progress(1)
+        finally:
+            for h in handles[done:]:
+                h.cancel()
+        out = []
+        for ids, h in zip(encoded, handles, strict=True):
+            c = h.result()
+            out.append(
+                Generation(
+                    text=c.text.strip(),
+                    prompt_tokens=len(ids),
+                    new_tokens=c.completion_tokens,
+                    finish=h.finish,
+                    seconds=h.seconds,
                 )
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        results: list[Generation | None] = [None] * len(prompts)
+            )
+        return out
+
+    def _generate_hf(
+        self,
+        encoded: list[list[int]],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        batch_size: int,
+        progress: Callable[[int], None] | None,
+    ) -> list[Generation]:
+        from ragtune.generate.hf_fallback import generate_batch_hf
+
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Generation | None] = [None] * len(encoded)
         with self._lock:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                outs = self._generate_batch([encoded[i] for i in idx], max_new_tokens, stop)
+                batch = [encoded[i] for i in idx]
+                outs = generate_batch_hf(self.model, self.tokenizer, batch, max_new_tokens, stop)
                 for i, out in zip(idx, outs, strict=True):
                     results[i] = out
                 if progress is not None:
                     progress(len(idx))
         return [r for r in results if r is not None]
-
-    def _generate_batch(
-        self, batch: list[list[int]], max_new_tokens: int, stop: Sequence[str]
-    ) -> list[Generation]:
-        """Greedy decoding of one left-padded batch with a KV cache.
-
-        Rows that finish (EOS or a stop string) leave the batch and the cache, so a batch
-        costs what its answers need rather than ``rows × longest answer``.
-        """
-        import torch
-        from transformers import DynamicCache
-
-        tok = self.tokenizer
-        width = max(len(ids) for ids in batch)
-        pad, eos = tok.pad_token_id, tok.eos_token_id
-        dev = self.device
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-        for row, ids in enumerate(batch):  # left padding: every row ends in the last column
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at each row's start
-        input_ids, attention, positions = input_ids.to(dev), attention.to(dev), positions.to(dev)
-        stops = [s for s in stop if s]
-        rows = list(range(len(batch)))  # original index of each row still decoding
-        new: list[list[int]] = [[] for _ in batch]
-        finish: list[Finish] = ["length"] * len(batch)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            next_pos = positions[:, -1] + 1  # (b,)
-            for step in range(max_new_tokens):
-                token = out.logits[:, -1].argmax(-1)  # (b,)
-                keep = []
-                for j, (r, t) in enumerate(zip(rows, token.tolist(), strict=True)):
-                    if t == eos:
-                        finish[r] = "eos"
-                        continue
-                    new[r].append(t)
-                    if stops and any(
-                        s in tok.decode(new[r], skip_special_tokens=True) for s in stops
-                    ):
-                        finish[r] = "stop"
-                        continue
-                    keep.append(j)
-                if not keep or step == max_new_tokens - 1:
-                    break
-                if len(keep) < len(rows):  # drop finished rows from the batch and the cache
-                    idx = torch.tensor(keep, device=dev)
-                    cache.batch_select_indices(idx)
-                    attention, next_pos, token = attention[idx], next_pos[idx], token[idx]
-                    rows = [rows[j] for j in keep]
-                attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
-                out = self.model(
-                    input_ids=token[:, None],
-                    attention_mask=attention,
-                    position_ids=next_pos[:, None],
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                next_pos = next_pos + 1
-        seconds = time.perf_counter() - t0
-        gens = []
-        for r, ids in enumerate(batch):
-            text, _ = cut_at_stop(tok.decode(new[r], skip_special_tokens=True), stops)
-            gens.append(
-                Generation(
-                    text=text.strip(),
-                    prompt_tokens=len(ids),
-                    new_tokens=len(new[r]),
-                    finish=finish[r],
-                    seconds=seconds,
-                )
-            )
-        return gens

@@ -1,0 +1,139 @@
+"""Quality of weight-only int8 against the full-precision model (Gemma 3 270M).
+
+* Perplexity on held-out text: SciFact abstracts (never used for tuning), each up to
+  ``--ppl-tokens`` tokens, for fp32, bf16 and int8.
+* Answer agreement on the demo world's held-out questions, in two arms of the
+  comparison: closed-book, and RAG with the fact's own document plus a distractor as
+  sources (the prompts ``ragtune compare`` builds, through ``answer_questions``). The
+  share of questions where int8 gives the same (normalised) answer as fp32 and as bf16.
+
+Prints JSON (``--json``) or a summary line. Fine-tuned arms are not measured here.
+
+    PYTHONPATH=src python bench/int8_quality.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ragtune.evaluate.world import make_world
+from ragtune.generate.answer import answer_questions
+from ragtune.generate.engine import Generator
+from ragtune.text import normalize_answer
+from ragtune.types import Chunk, Hit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    import os
+
+    return Path(os.environ.get("RAGTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def heldout_texts(n: int) -> list[str]:
+    lines = (shared_data() / "scifact" / "corpus.jsonl").read_text().splitlines()
+    docs = [json.loads(line) for line in lines[:n]]
+    return [f"{d['title']}\n{d['text']}" for d in docs]
+
+
+def perplexity(g: Generator, texts: list[str], max_tokens: int) -> float:
+    """exp(mean next-token NLL) over all predicted positions of all texts."""
+    eng = g.scheduler.engine
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for text in texts:
+            ids = torch.tensor(g.tokenizer(text)["input_ids"][:max_tokens])
+            h = eng.prefill(ids, 0, -1, all_positions=True)  # (T, H)
+            for a in range(0, len(ids) - 1, 128):  # the (T, V) logits in pieces
+                b = min(a + 128, len(ids) - 1)
+                logp = torch.log_softmax(eng.logits(h[a:b]).float(), -1)
+                nll -= logp.gather(1, ids[a + 1 : b + 1, None]).sum().item()
+                count += b - a
+    return math.exp(nll / count)
+
+
+def world_arms() -> tuple[list[str], list[list[Hit]]]:
+    world = make_world(seed=0)
+    docs = {d.doc_id: d for d in world.documents}
+    rng = random.Random(0)
+
+    def hit(doc_id: str, rank: int) -> Hit:
+        d = docs[doc_id]
+        chunk = Chunk(f"{doc_id}#0", doc_id, 0, d.text, 0, len(d.text), doc_id, d.title)
+        return Hit(chunk, 1.0 / rank, rank)
+
+    questions, contexts = [], []
+    for f in world.facts:
+        other = rng.choice([d for d in docs if d != f.doc_id])
+        questions.append(f.test_question)
+        contexts.append([hit(f.doc_id, 1), hit(other, 2)])
+    return questions, contexts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ppl-docs", type=int, default=40)
+    ap.add_argument("--ppl-tokens", type=int, default=256)
+    ap.add_argument("--max-questions", type=int, help="only the first N world questions")
+    ap.add_argument("--refs", default="fp32,bf16", help="reference precisions")
+    args = ap.parse_args(argv)
+    texts = heldout_texts(args.ppl_docs)
+    questions, contexts = world_arms()
+    questions, contexts = questions[: args.max_questions], contexts[: args.max_questions]
+    refs = [r for r in args.refs.split(",") if r]
+    out: dict[str, object] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "questions": len(questions),
+        "ppl_docs": len(texts),
+    }
+    answers: dict[str, dict[str, list[str]]] = {}
+    t0 = time.perf_counter()
+    precisions = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none")}
+    for name, (dtype, quant) in [
+        *((r, precisions[r]) for r in refs),
+        ("int8", ("bfloat16", "int8")),
+    ]:
+        g = Generator.load("default", device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
+        out[f"perplexity_{name}"] = perplexity(g, texts, args.ppl_tokens)
+        answers[name] = {
+            "closed_book": [a.text for a in answer_questions(questions, g)],
+            "rag": [a.text for a in answer_questions(questions, g, contexts=contexts)],
+        }
+        g.close()
+    for ref in refs:
+        ppl_ref = float(out[f"perplexity_{ref}"])  # type: ignore[arg-type]
+        out[f"int8_perplexity_change_vs_{ref}"] = float(out["perplexity_int8"]) / ppl_ref - 1  # type: ignore[arg-type]
+        for arm in ("closed_book", "rag"):
+            same = [
+                normalize_answer(a) == normalize_answer(b)
+                for a, b in zip(answers["int8"][arm], answers[ref][arm], strict=True)
+            ]
+            out[f"int8_same_answer_{arm}_vs_{ref}"] = sum(same) / len(same)
+    out["seconds"] = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        ref = refs[0]
+        print(
+            f"int8 perplexity {out['perplexity_int8']:.3f} vs {ref} {out[f'perplexity_{ref}']:.3f}"
+            f" ({100 * float(out[f'int8_perplexity_change_vs_{ref}']):+.2f}%); "  # type: ignore[arg-type]
+            f"same answers vs {ref}: "
+            f"closed-book {out[f'int8_same_answer_closed_book_vs_{ref}']:.1%}, "
+            f"rag {out[f'int8_same_answer_rag_vs_{ref}']:.1%}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

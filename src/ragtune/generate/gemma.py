@@ -1,0 +1,316 @@
+"""Gemma 3 text forward in plain torch, with a slot-indexed KV cache and per-row LoRA.
+
+The weights are the HF checkpoint's (read from a loaded ``Gemma3ForCausalLM``); the
+maths follows the Gemma 3 report (arXiv:2503.19786) and transformers' implementation:
+RMSNorm scaled by ``1 + w``, grouped-query attention with RMS-normed queries and keys,
+local (sliding window) and global layers with their own RoPE bases, a gelu-tanh gated MLP,
+embeddings scaled by ``sqrt(hidden)``, and optional final logit soft-capping.
+
+Speed matters more than generality here: the q/k/v projections are fused into one matrix
+and gate/up into another (fewer, larger matmuls per token), q- and k-norms run as one op,
+and RoPE is ``x * cos + roll(x) * sin_signed``. The KV cache is preallocated per *slot*
+(one running request each): global layers keep ``max_len`` positions, sliding layers a
+ring of ``window`` positions, so memory is fixed and known when the engine starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ragtune.generate.lora import AdapterBank
+from ragtune.generate.quant import Linear
+
+
+@dataclass(frozen=True)
+class GemmaSpec:
+    hidden: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    inter: int
+    n_layers: int
+    vocab: int
+    eps: float
+    window: int
+    sliding: tuple[bool, ...]
+    scaling: float
+    final_softcap: float | None
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> GemmaSpec:
+        if getattr(config, "attn_logit_softcapping", None) is not None:
+            raise ValueError("attention logit soft-capping is not supported")
+        if getattr(config, "use_bidirectional_attention", False):
+            raise ValueError("bidirectional attention is not supported")
+        return cls(
+            hidden=config.hidden_size,
+            n_heads=config.num_attention_heads,
+            n_kv=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            inter=config.intermediate_size,
+            n_layers=config.num_hidden_layers,
+            vocab=config.vocab_size,
+            eps=config.rms_norm_eps,
+            window=config.sliding_window,
+            sliding=tuple(t == "sliding_attention" for t in config.layer_types),
+            scaling=config.query_pre_attn_scalar**-0.5,
+            final_softcap=config.final_logit_softcapping,
+            max_positions=config.max_position_embeddings,
+        )
+
+
+@dataclass
+class Layer:
+    in_norm: torch.Tensor  # (H,) = 1 + w
+    qkv: Linear  # (nh*hd + 2*nkv*hd, H)
+    qk_norm: torch.Tensor  # (nh + nkv, hd) = 1 + w, q heads then k heads
+    o: Linear  # (H, nh*hd)
+    post_attn_norm: torch.Tensor
+    pre_ff_norm: torch.Tensor
+    gate_up: Linear  # (2I, H)
+    down: Linear  # (H, I)
+    post_ff_norm: torch.Tensor
+    sliding: bool
+
+
+class GemmaWeights:
+    """The weights of one model, fused for inference. ``head`` is untied when quantized."""
+
+    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False) -> None:
+        self.spec = GemmaSpec.from_config(model.config)
+        s = self.spec
+        inner = model.model
+        dev = inner.embed_tokens.weight.device
+        self.device = dev
+        self.dtype = dtype
+
+        def norm(m: Any) -> torch.Tensor:  # kept in fp32, as transformers computes it
+            return 1.0 + m.weight.detach().float()
+
+        def lin(*mods: Any) -> Linear:
+            w = torch.cat([m.weight.detach() for m in mods]) if len(mods) > 1 else mods[0].weight
+            return Linear.make(w.detach().to(dtype), int8)
+
+        self.embed = inner.embed_tokens.weight.detach().to(dtype)  # (V, H), exact lookup
+        self.embed_scale = torch.tensor(s.hidden**0.5, dtype=dtype).item()
+        self.layers: list[Layer] = []
+        for i, blk in enumerate(inner.layers):
+            a, m = blk.self_attn, blk.mlp
+            self.layers.append(
+                Layer(
+                    in_norm=norm(blk.input_layernorm),
+                    qkv=lin(a.q_proj, a.k_proj, a.v_proj),
+                    qk_norm=torch.cat(
+                        [norm(a.q_norm).expand(s.n_heads, -1), norm(a.k_norm).expand(s.n_kv, -1)]
+                    ),
+                    o=lin(a.o_proj),
+                    post_attn_norm=norm(blk.post_attention_layernorm),
+                    pre_ff_norm=norm(blk.pre_feedforward_layernorm),
+                    gate_up=lin(m.gate_proj, m.up_proj),
+                    down=lin(m.down_proj),
+                    post_ff_norm=norm(blk.post_feedforward_layernorm),
+                    sliding=s.sliding[i],
+                )
+            )
+        self.final_norm = norm(inner.norm)
+        self.head = Linear.make(model.lm_head.weight.detach().to(dtype), int8)
+        # RoPE tables per layer type, from the model's own rotary module (any rope type).
+        rot = inner.rotary_emb
+        self.rope: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        for sliding, name in ((True, "sliding_attention"), (False, "full_attention")):
+            inv = getattr(rot, f"{name}_inv_freq", None)
+            if inv is None:
+                continue
+            scale = getattr(rot, f"{name}_attention_scaling", 1.0)
+            pos = torch.arange(s.max_positions, device=dev, dtype=torch.float32)
+            freqs = pos[:, None] * inv.to(dev, torch.float32)[None, :]  # (P, hd/2)
+            cos, sin = freqs.cos() * scale, freqs.sin() * scale
+            # rotate_half(x) * sin == roll(x, hd/2) * [-sin, sin]
+            self.rope[sliding] = (
+                torch.cat([cos, cos], -1).to(dtype),
+                torch.cat([-sin, sin], -1).to(dtype),
+            )
+
+
+class KVCache:
+    """Per-layer K and V, (slots, positions, n_kv, head_dim); sliding layers keep a ring of
+    ``window`` positions (entry ``p % window``), global layers ``max_len`` positions."""
+
+    def __init__(self, spec: GemmaSpec, slots: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device) -> None:  # fmt: skip
+        self.slots, self.max_len = slots, max_len
+        self.ring = min(spec.window, max_len)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        for sliding in spec.sliding:
+            n = self.ring if sliding else max_len
+            shape = (slots, n, spec.n_kv, spec.head_dim)
+            self.k.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.v.append(torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma RMSNorm, ``x / rms(x) * (1 + w)`` computed in fp32 (w is already ``1 + w``)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).mul_(w).to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE (Su et al. 2021): x (..., heads, hd); cos/sin broadcast as (..., 1, hd)."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+@dataclass
+class Batch:
+    """What one forward needs besides the tokens. Rows are requests (decode) or, for a
+    prefill, the positions of one request."""
+
+    slots: torch.Tensor  # (B,) cache slot per row
+    positions: torch.Tensor  # (B,) position of each row's token
+    lora_rows: torch.Tensor | None  # (B,) adapter bank slot per row, -1 = base; None = no LoRA
+    contiguous: bool  # slots == arange(B): cache reads are slices, not gathers
+
+
+class GemmaEngine:
+    """Forward passes over the fused weights, reading/writing a :class:`KVCache`."""
+
+    def __init__(self, weights: GemmaWeights, cache: KVCache, bank: AdapterBank) -> None:
+        self.w, self.cache, self.bank = weights, cache, bank
+        self.spec = weights.spec
+
+    def _attn_proj(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
+        lw = self.w.layers[layer]
+        y = lw.qkv(x)
+        if lora is not None:
+            y = self.bank.apply(lora, layer, "qkv", x, y)
+        return y
+
+    def _mlp(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
+        lw, inter = self.w.layers[layer], self.spec.inter
+        gu = lw.gate_up(x)
+        if lora is not None:
+            gu = self.bank.apply(lora, layer, "gate_up", x, gu)
+        h = F.gelu(gu[..., :inter], approximate="tanh").mul_(gu[..., inter:])
+        y = lw.down(h)
+        if lora is not None:
+            y = self.bank.apply(lora, layer, "down", h, y)
+        return y
+
+    def _o(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
+        y = self.w.layers[layer].o(x)
+        if lora is not None:
+            y = self.bank.apply(lora, layer, "o", x, y)
+        return y
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H) hidden states after the last layer -> (B, V) logits."""
+        out = self.w.head(_rms(x, self.w.final_norm, self.spec.eps))
+        cap = self.spec.final_softcap
+        if cap is not None:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+    def prefill(
+        self, tokens: torch.Tensor, slot: int, lora_slot: int, all_positions: bool = False
+    ) -> torch.Tensor:
+        """Run one request's prompt (T,) from position 0, filling cache ``slot``; returns
+        the (1, H) hidden state of its last token (every position's, (T, H), when
+        ``all_positions``, e.g. for perplexity)."""
+        s, c = self.spec, self.cache
+        T = tokens.shape[0]
+        nh, nkv, hd = s.n_heads, s.n_kv, s.head_dim
+        dev = tokens.device
+        lora = None
+        if lora_slot >= 0:
+            lora = self.bank.masks(torch.full((T,), lora_slot, device=dev))
+        x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (T, H)
+        pos = torch.arange(T, device=dev)
+        need_mask = c.ring < T
+        if need_mask:  # sliding layers: key j visible from query i iff i - window < j <= i
+            d = pos[:, None] - pos[None, :]
+            local_mask = (d >= 0) & (d < s.window)  # (T, T)
+        for i, lw in enumerate(self.w.layers):
+            h = _rms(x, lw.in_norm, s.eps)
+            qkv = self._attn_proj(i, h, lora)  # (T, (nh+2nkv)*hd)
+            qk = qkv[:, : (nh + nkv) * hd].view(T, nh + nkv, hd)
+            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
+            cos, sin = self.w.rope[lw.sliding]
+            qk = _rope(qk, cos[:T, None], sin[:T, None])
+            q, k = qk[:, :nh], qk[:, nh:]  # (T, nh, hd), (T, nkv, hd)
+            v = qkv[:, (nh + nkv) * hd :].view(T, nkv, hd)
+            if lw.sliding:
+                keep = min(T, c.ring)  # the ring holds the last `window` positions
+                idx = torch.arange(T - keep, T, device=dev) % c.ring
+                c.k[i][slot, idx] = k[T - keep :]
+                c.v[i][slot, idx] = v[T - keep :]
+            else:
+                c.k[i][slot, :T] = k
+                c.v[i][slot, :T] = v
+            qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+            if lw.sliding and need_mask:
+                att = F.scaled_dot_product_attention(
+                    qh, kh, vh, attn_mask=local_mask, scale=s.scaling, enable_gqa=True
+                )
+            else:
+                att = F.scaled_dot_product_attention(
+                    qh, kh, vh, is_causal=True, scale=s.scaling, enable_gqa=True
+                )
+            att = att[0].transpose(0, 1).reshape(T, nh * hd)
+            x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
+            h = _rms(x, lw.pre_ff_norm, s.eps)
+            x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
+        return x if all_positions else x[-1:]
+
+    def decode(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """One token for each of B running requests: tokens (B,) at ``batch.positions``
+        in ``batch.slots``. Returns (B, H) hidden states."""
+        s, c = self.spec, self.cache
+        B = tokens.shape[0]
+        nh, nkv, hd, g = s.n_heads, s.n_kv, s.head_dim, s.n_heads // s.n_kv
+        pos, slots = batch.positions, batch.slots
+        lora = self.bank.masks(batch.lora_rows) if batch.lora_rows is not None else None
+        x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
+        n_glob = int(pos.max().item()) + 1
+        n_loc = min(n_glob, c.ring)
+        ar = torch.arange(max(n_glob, n_loc), device=pos.device)
+        glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
+        # ring entry j holds a position <= pos; it is valid once written (j <= pos)
+        loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
+        ring_idx = pos % c.ring
+        ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
+        for i, lw in enumerate(self.w.layers):
+            h = _rms(x, lw.in_norm, s.eps)
+            qkv = self._attn_proj(i, h, lora)  # (B, (nh+2nkv)*hd)
+            qk = qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd)
+            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
+            cos, sin = ropes[lw.sliding]
+            qk = _rope(qk, cos, sin)
+            v = qkv[:, (nh + nkv) * hd :].view(B, nkv, hd)
+            kc, vc = c.k[i], c.v[i]
+            wpos = ring_idx if lw.sliding else pos
+            kc[slots, wpos] = qk[:, nh:]
+            vc[slots, wpos] = v
+            n = n_loc if lw.sliding else n_glob
+            if batch.contiguous:
+                K, V = kc[:B, :n], vc[:B, :n]
+            else:
+                K, V = kc[slots, :n], vc[slots, :n]
+            # queries grouped by kv head: (B, nkv, g, hd) against (B, nkv, n, hd); a plain
+            # matmul-softmax-matmul (SDPA's CPU kernels are slow for one query position)
+            scores = torch.matmul(qk[:, :nh].view(B, nkv, g, hd), K.permute(0, 2, 3, 1))
+            scores = scores.float().mul_(s.scaling)  # (B, nkv, g, n)
+            scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
+            probs = torch.softmax(scores, dim=-1).to(V.dtype)
+            att = torch.matmul(probs, V.transpose(1, 2)).reshape(B, nh * hd)
+            x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
+            h = _rms(x, lw.pre_ff_norm, s.eps)
+            x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
+        return x

@@ -1,0 +1,289 @@
+"""Continuous batching (Orca, Yu et al. OSDI 2022): one thread owns the model and the
+KV cache; requests arrive from any thread; each iteration admits waiting requests into
+free cache slots (prefilling their prompts), then decodes one token for every running
+request together. A request that finishes frees its slot for the next one at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ragtune.errors import RagtuneError
+from ragtune.generate.gemma import Batch, GemmaEngine
+from ragtune.generate.sampling import (
+    Completion,
+    Detokenizer,
+    SamplingParams,
+    TokenDelta,
+    sample_token,
+)
+
+log = logging.getLogger(__name__)
+
+Finish = Literal["stop", "eos", "length"]
+
+
+@dataclass(eq=False)
+class Request:
+    ids: list[int]
+    params: SamplingParams
+    adapter: str | None
+    adapter_path: Path | None
+    detok: Detokenizer
+    rng: torch.Generator | None
+    on_done: Callable[[], None] | None = None
+    deltas: queue.SimpleQueue[TokenDelta | None] = field(default_factory=queue.SimpleQueue)
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+    slot: int = -1
+    lora_slot: int = -1
+    pos: int = 0  # position at which ``last`` is fed
+    last: int = 0  # the token to feed next
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[tuple[str, float]] = field(default_factory=list)
+    finish: Finish = "length"
+    completion: Completion | None = None
+    error: BaseException | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+
+
+class RequestHandle:
+    """A submitted request: iterate for streamed deltas, or wait for :meth:`result`."""
+
+    def __init__(self, req: Request, scheduler: Scheduler) -> None:
+        self._req, self._sched = req, scheduler
+
+    def __iter__(self) -> Iterator[TokenDelta]:
+        while True:
+            item = self._req.deltas.get()
+            if item is None:
+                break
+            yield item
+        if self._req.error is not None:
+            raise self._req.error
+
+    def result(self, timeout: float | None = None) -> Completion:
+        if not self._req.done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        if self._req.error is not None:
+            raise self._req.error
+        assert self._req.completion is not None
+        return self._req.completion
+
+    def cancel(self) -> None:
+        self._req.cancelled = True
+        self._sched.wake()
+
+    # for Generator.generate
+    @property
+    def finish(self) -> Finish:
+        return self._req.finish
+
+    @property
+    def seconds(self) -> float:
+        return self._req.seconds
+
+
+class Scheduler:
+    def __init__(self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int]) -> None:
+        self.engine, self.tok, self.eos = engine, tokenizer, eos_ids
+        self.n_slots = engine.cache.slots
+        self.max_len = engine.cache.max_len
+        self.device = engine.w.device
+        self.cond = threading.Condition()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request | None] = [None] * self.n_slots
+        self.closed = False
+        self.evictions: list[str] = []  # adapter names to evict (by the scheduler thread)
+        self.thread: threading.Thread | None = None
+        self.steps = 0  # decode steps run (for tests and benchmarks)
+
+    def submit(self, req: Request) -> RequestHandle:
+        with self.cond:
+            if self.closed:
+                raise RagtuneError("The generator is closed", "load a new Generator")
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="ragtune-gen", daemon=True)
+                self.thread.start()
+            self.waiting.append(req)
+            self.cond.notify()
+        return RequestHandle(req, self)
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    # -- the loop ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closed and not self.waiting and not any(self.running):
+                    self.cond.wait()
+                if self.closed:
+                    pending = [*self.waiting, *(r for r in self.running if r)]
+                    self.waiting.clear()
+                    for r in pending:
+                        self._fail(r, RagtuneError("The generator was closed"))
+                    return
+                admitted = self._take_waiting()
+            try:
+                bank = self.engine.bank
+                for name in self._drain_evictions():
+                    bank.evict(name)
+                for req in admitted:
+                    self._admit(req)
+                for run in self.running:
+                    if run is not None and run.cancelled:
+                        self._end(run, "stop")
+                if any(self.running):
+                    with torch.inference_mode():
+                        self._step()
+            except Exception as e:  # a bug or OOM: fail what is running, keep serving
+                log.exception("generation step failed")
+                for failed in [*admitted, *self.running]:
+                    if failed is not None and not failed.done.is_set():
+                        self._fail(failed, e)
+
+    def _drain_evictions(self) -> list[str]:
+        with self.cond:
+            names, self.evictions = self.evictions, []
+        return names
+
+    def _take_waiting(self) -> list[Request]:
+        """Waiting requests for the free slots, FIFO (called with the lock held)."""
+        free = sum(r is None for r in self.running)
+        out: list[Request] = []
+        while self.waiting and len(out) < free:
+            out.append(self.waiting.popleft())
+        return out
+
+    def _admit(self, req: Request) -> None:
+        if req.cancelled:
+            req.completion = self._completion(req)
+            self._close_request(req)
+            return
+        try:
+            if req.adapter is not None:
+                assert req.adapter_path is not None
+                lora = self.engine.bank.acquire(req.adapter, req.adapter_path)
+                if lora is None:  # every adapter slot is busy: wait for one
+                    with self.cond:
+                        self.waiting.appendleft(req)
+                    return
+                req.lora_slot = lora
+        except Exception as e:
+            self._fail(req, e)
+            return
+        req.slot = self.running.index(None)
+        self.running[req.slot] = req
+        req.started = time.perf_counter()
+        with torch.inference_mode():
+            ids = torch.tensor(req.ids, device=self.device)
+            h = self.engine.prefill(ids, req.slot, req.lora_slot)
+            logits = self.engine.logits(h).float()  # (1, V)
+        req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
+        self._accept(req, logits[0], None)
+
+    def _step(self) -> None:
+        rows = [r for r in self.running if r is not None]
+        dev = self.device
+        slots = [r.slot for r in rows]
+        lora = [r.lora_slot for r in rows]
+        batch = Batch(
+            slots=torch.tensor(slots, device=dev),
+            positions=torch.tensor([r.pos for r in rows], device=dev),
+            lora_rows=torch.tensor(lora, device=dev) if max(lora) >= 0 else None,
+            contiguous=slots == list(range(len(rows))),
+        )
+        tokens = torch.tensor([r.last for r in rows], device=dev)
+        logits = self.engine.logits(self.engine.decode(tokens, batch)).float()  # (B, V)
+        greedy = logits.argmax(-1).tolist()
+        self.steps += 1
+        for j, r in enumerate(rows):
+            self._accept(r, logits[j], greedy[j])
+
+    def _accept(self, req: Request, logits: torch.Tensor, greedy: int | None) -> None:
+        """Choose the next token of ``req`` from its (V,) logits and stream it."""
+        p = req.params
+        if p.temperature <= 0.0 and greedy is not None:
+            token = greedy
+        else:
+            token = sample_token(logits, p, req.rng)
+        lp = float(torch.log_softmax(logits, -1)[token].item()) if p.logprobs else None
+        if token in self.eos:
+            self._send(req, TokenDelta(req.detok.finish(), token, lp))
+            self._end(req, "eos")
+            return
+        req.tokens.append(token)
+        if lp is not None:
+            req.logprobs.append((str(self.tok.decode([token])), lp))
+        text = req.detok.add(token)
+        finish: Finish | None = None
+        if req.detok.stopped:
+            finish = "stop"
+        elif len(req.tokens) >= p.max_tokens or req.pos + 1 >= self.max_len:
+            finish = "length"
+        if finish is not None:
+            text += req.detok.finish()
+        self._send(req, TokenDelta(text, token, lp))
+        if finish is not None:
+            self._end(req, finish)
+        else:
+            req.last = token
+            req.pos += 1
+
+    def _send(self, req: Request, delta: TokenDelta) -> None:
+        req.deltas.put(delta)
+
+    def _completion(self, req: Request) -> Completion:
+        return Completion(
+            text=req.detok.text,
+            prompt_tokens=len(req.ids),
+            completion_tokens=len(req.tokens),
+            finish_reason="length" if req.finish == "length" else "stop",
+            token_logprobs=list(req.logprobs) if req.params.logprobs else None,
+        )
+
+    def _end(self, req: Request, finish: Finish) -> None:
+        req.finish = finish
+        req.seconds = time.perf_counter() - req.started
+        self._release(req)
+        req.completion = self._completion(req)
+        self._close_request(req)
+
+    def _release(self, req: Request) -> None:
+        if req.slot >= 0:
+            self.running[req.slot] = None
+            req.slot = -1
+        if req.lora_slot >= 0:
+            self.engine.bank.release(req.lora_slot)
+            req.lora_slot = -1
+
+    def _fail(self, req: Request, error: BaseException) -> None:
+        self._release(req)
+        req.error = error
+        self._close_request(req)
+
+    def _close_request(self, req: Request) -> None:
+        req.deltas.put(None)
+        req.done.set()
+        if req.on_done is not None:
+            req.on_done()
