@@ -18,7 +18,7 @@ from ragtune.errors import RagtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ragtune.cli import compare, makeqa, rag, tune
+    from ragtune.cli import compare, makeqa, rag, serve, tune
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_parsers(sub)
     makeqa.add_parsers(sub)
     compare.add_parsers(sub)
+    serve.add_parsers(sub)
     return parser
 
 

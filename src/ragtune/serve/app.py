@@ -1,0 +1,42 @@
+"""The FastAPI application: one router per resource, the engine owned by the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from ragtune import __version__
+from ragtune.jobs.backend import open_backend
+from ragtune.jobs.keys import KeyRing, load_keys
+from ragtune.jobs.settings import ServiceSettings
+from ragtune.serve import errors
+from ragtune.serve.engine import Engine
+from ragtune.serve.routes import chat, completions, embeddings, files, fine_tuning, models
+from ragtune.serve.state import Service, current_project
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    engine: Engine | None = None,
+    keys: KeyRing | None = None,
+    api_keys_env: str | None = None,
+) -> FastAPI:
+    settings = settings or ServiceSettings.from_env()
+    keys = keys or load_keys(api_keys_env, settings.keys_file)
+    engine = engine or Engine(settings.base_model, device=settings.device)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db, objects = open_backend(settings)
+        engine.load()
+        app.state.service = Service(settings, db, objects, engine, keys)
+        yield
+
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
+    errors.install(app)
+    auth = [Depends(current_project)]
+    for module in (models, files, fine_tuning, chat, completions, embeddings):
+        app.include_router(module.router, prefix="/v1", dependencies=auth)
+    return app
