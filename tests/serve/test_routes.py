@@ -327,3 +327,44 @@ def test_embeddings_float_and_base64(served: Served) -> None:
         decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
         assert np.allclose(decoded, np.array(f.embedding, dtype=np.float32))
     assert flt.usage.prompt_tokens > 0
+
+
+def test_cancel_stops_training_within_one_step(served: Served, monkeypatch) -> None:
+    f = upload(served, jsonl(chat_rows())).json()
+    body = {
+        "model": "tiny_lm0",
+        "training_file": f["id"],
+        "hyperparameters": {"n_epochs": 3, "batch_size": 1},
+    }
+    job = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers()).json()
+    db = served.worker.db
+    update = db.update_running
+
+    def cancel_during_first_step(job_id: str, attempt: str, values: dict) -> bool:
+        served.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=served.headers())
+        return update(job_id, attempt, values)
+
+    monkeypatch.setattr(db, "update_running", cancel_during_first_step)
+    served.run_worker()
+    done = FineTuningJob.model_validate(
+        served.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=served.headers()).json()
+    )
+    assert done.status == "cancelled" and done.fine_tuned_model is None
+    events = served.client.get(
+        f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100", headers=served.headers()
+    ).json()["data"]
+    steps = [e["data"]["step"] for e in events if e["type"] == "metrics"]
+    assert steps == [1]  # 30 steps planned; stopped after the first
+    assert events[0]["message"] == "Fine-tuning job cancelled"
+
+
+def test_queue_full_is_429(served: Served) -> None:
+    from dataclasses import replace
+
+    f = upload(served, jsonl(chat_rows())).json()
+    served.client.app.state.service.settings = replace(served.settings, max_waiting_jobs=1)
+    body = {"model": "tiny_lm0", "training_file": f["id"]}
+    first = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers())
+    assert first.status_code == 200
+    second = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers())
+    assert second.status_code == 429 and error(second)["type"] == "rate_limit_error"

@@ -56,7 +56,8 @@ def run_events(job_id: str, run_dir: Path) -> list[JobEvent]:
     out = []
     for e in _events(run_dir):
         digest = hashlib.sha1(f"{job_id}{json.dumps(e, sort_keys=True)}".encode()).hexdigest()
-        created = int(e.get("time", 0))
+        at = float(e.get("time", 0.0))
+        created = int(at)
         if e.get("type") == "metrics" and "train_loss" in e:
             data = {k: e.get(k) for k in _METRIC_NAMES if e.get(k) is not None}
             data["total_steps"] = total
@@ -64,7 +65,9 @@ def run_events(job_id: str, run_dir: Path) -> list[JobEvent]:
             if e.get("valid_loss") is not None:
                 msg += f", validation loss={e['valid_loss']:.4f}"
             out.append(
-                JobEvent(f"ftevent-{digest[:24]}", job_id, created, "info", msg, "metrics", data)
+                JobEvent(
+                    f"ftevent-{digest[:24]}", job_id, created, "info", msg, "metrics", data, at
+                )
             )
         elif e.get("type") == "message":
             level = e.get("level", "info")
@@ -75,6 +78,7 @@ def run_events(job_id: str, run_dir: Path) -> list[JobEvent]:
                     created,
                     level if level in ("info", "warn", "error") else "info",
                     str(e.get("message", "")),
+                    at=at,
                 )
             )
     return out

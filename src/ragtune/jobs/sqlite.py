@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 from ragtune.jobs.store import (
     TERMINAL,
@@ -27,6 +27,7 @@ from ragtune.jobs.store import (
     JobStatus,
     dumps,
     loads,
+    page,
 )
 
 SCHEMA_VERSION = 1
@@ -54,7 +55,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS job_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
-    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT
+    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT, at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
 """
@@ -70,19 +71,6 @@ _FILE_COLUMNS = (
 _UPDATABLE = frozenset(
     {"trained_tokens", "estimated_finish", "fine_tuned_model", "error", "result_files"}
 )
-
-T = TypeVar("T")
-
-
-def page(
-    items: Sequence[T], ids: Sequence[str], after: str | None, limit: int
-) -> tuple[list[T], bool]:
-    """Cursor pagination: the ``limit`` items after the one whose id is ``after``."""
-    start = 0
-    if after is not None:
-        start = ids.index(after) + 1 if after in ids else len(ids)
-    chunk = list(items[start : start + limit])
-    return chunk, start + limit < len(items)
 
 
 class SqliteDB:
@@ -234,8 +222,8 @@ class SqliteDB:
     def add_event(self, event: JobEvent) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT INTO job_events (id, job_id, created_at, level, message, type, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.id,
                     event.job_id,
@@ -244,6 +232,7 @@ class SqliteDB:
                     event.message,
                     event.type,
                     dumps(event.data),
+                    event.at,
                 ),
             )
 
@@ -251,11 +240,11 @@ class SqliteDB:
         """A job's lifecycle events, oldest first (the caller has checked the job's owner)."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT id, job_id, created_at, level, message, type, data FROM job_events "
+                "SELECT id, job_id, created_at, level, message, type, data, at FROM job_events "
                 "WHERE job_id = ? ORDER BY seq",
                 (job_id,),
             ).fetchall()
-        return [JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6])) for r in rows]
+        return [JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7]) for r in rows]
 
     # --- jobs: the worker side -----------------------------------------------------------
 
@@ -341,17 +330,18 @@ def new_event(
     type: Literal["message", "metrics"] = "message",
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
+    now = time.time()
     return JobEvent(
-        f"ftevent-{uuid.uuid4().hex[:24]}", job_id, int(time.time()), level, message, type, data
+        f"ftevent-{uuid.uuid4().hex[:24]}", job_id, int(now), level, message, type, data, now
     )
 
 
 def _insert_event(db: sqlite3.Connection, job_id: str, message: str, level: str) -> None:
     e = new_event(job_id, message, cast(Literal["info"], level))
     db.execute(
-        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data) "
-        "VALUES (?, ?, ?, ?, ?, ?, NULL)",
-        (e.id, e.job_id, e.created_at, e.level, e.message, e.type),
+        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+        (e.id, e.job_id, e.created_at, e.level, e.message, e.type, e.at),
     )
 
 

@@ -10,10 +10,10 @@ and matches it in the query itself, so an object of another project is simply no
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
@@ -80,6 +80,7 @@ class JobEvent:
     message: str
     type: Literal["message", "metrics"] = "message"
     data: dict[str, Any] | None = None
+    at: float = 0.0  # unix time with sub-second precision: the order of events
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,17 @@ def dumps(value: Any) -> str | None:
 
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+T = TypeVar("T")
+
+
+def page(
+    items: Sequence[T], ids: Sequence[str], after: str | None, limit: int
+) -> tuple[list[T], bool]:
+    """Cursor pagination: the ``limit`` items after the one whose id is ``after``."""
+    start = 0
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(ids)
+    chunk = list(items[start : start + limit])
+    return chunk, start + limit < len(items)

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from ragtune.jobs.runs import checkpoints, run_events
-from ragtune.jobs.store import JobRecord
+from ragtune.jobs.store import JobRecord, page
 from ragtune.serve.errors import APIError, not_found
 from ragtune.serve.protocol.common import list_page
 from ragtune.serve.protocol.fine_tuning import (
@@ -201,11 +201,8 @@ def list_events(
 ) -> dict[str, Any]:
     job = _job(service, project, job_id)
     events = service.db.list_events(job.id) + run_events(job.id, service.settings.run_dir(job.id))
-    events.sort(key=lambda e: e.created_at)
-    events.reverse()  # newest first, as OpenAI lists them
-    ids = [e.id for e in events]
-    start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
-    chunk = events[start : start + limit]
+    events.sort(key=lambda e: e.at, reverse=True)  # newest first, as OpenAI lists them
+    chunk, more = page(events, [e.id for e in events], after, limit)
     return list_page(
         [
             FineTuningJobEvent(
@@ -218,7 +215,7 @@ def list_events(
             ).model_dump()
             for e in chunk
         ],
-        start + limit < len(events),
+        more,
     )
 
 
@@ -244,6 +241,5 @@ def list_checkpoints(
         ).model_dump()
         for c in checkpoints(service.settings.run_dir(job.id))
     ]
-    ids = [i["id"] for i in items]
-    start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
-    return list_page(items[start : start + limit], start + limit < len(items))
+    chunk, more = page(items, [i["id"] for i in items], after, limit)
+    return list_page(chunk, more)
