@@ -368,3 +368,39 @@ def test_queue_full_is_429(served: Served) -> None:
     assert first.status_code == 200
     second = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers())
     assert second.status_code == 429 and error(second)["type"] == "rate_limit_error"
+
+
+def test_streams_refuse_a_prompt_too_long_before_starting(served: Served) -> None:
+    long = "word " * 3000  # over the tiny model's 2048-token context
+    r = served.client.post(
+        "/v1/chat/completions",
+        json={"model": "tiny_lm0", "messages": [{"role": "user", "content": long}], "stream": True},
+        headers=served.headers(),
+    )
+    assert r.status_code == 400 and "context" in error(r)["message"]
+
+
+def test_completions_stream(served: Served) -> None:
+    body = {"model": "tiny_lm0", "prompt": "The quick", "max_tokens": 5, "temperature": 0}
+    full = served.client.post("/v1/completions", json=body, headers=served.headers()).json()
+    r = served.client.post(
+        "/v1/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        headers=served.headers(),
+    )
+    lines = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    # OpenAI streams "finish_reason": null until the last chunk of a choice; the SDK's type
+    # (which it fills without validating) has no None, so only finished chunks validate.
+    raw = [json.loads(x) for x in lines[:-1]]
+    chunks = [
+        Completion.model_validate(c)
+        if all(ch["finish_reason"] for ch in c["choices"])
+        else Completion.model_construct(**c)
+        for c in raw
+    ]
+    assert any(c["choices"] and c["choices"][0]["finish_reason"] is None for c in raw)
+    assert (
+        "".join(c["choices"][0]["text"] for c in raw if c["choices"]) == full["choices"][0]["text"]
+    )
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == full["usage"]["completion_tokens"]

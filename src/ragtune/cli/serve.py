@@ -13,6 +13,8 @@ from types import FrameType
 
 from ragtune.errors import RagtuneError
 
+WORKER_STOP_S = 120  # how long a stopping worker may take to finish its step and checkpoint
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -74,18 +76,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         subprocess.Popen([sys.executable, "-m", "ragtune.cli", "worker"])
         for _ in range(args.workers)
     ]
-    try:
-        uvicorn.run(
-            create_app(settings, keys=keys), host=args.host, port=args.port, log_level="warning"
-        )
-    finally:
+
+    def stop_workers() -> None:
+        """SIGTERM: each finishes its training step, saves a checkpoint, requeues its job."""
         for w in workers:
-            w.terminate()
+            if w.poll() is None:
+                w.terminate()
         for w in workers:
             try:
-                w.wait(timeout=60)
+                w.wait(timeout=WORKER_STOP_S)
             except subprocess.TimeoutExpired:
-                w.kill()
+                w.kill()  # its job's lease runs out and another worker resumes it
+
+    app = create_app(settings, keys=keys, on_shutdown=stop_workers)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:  # when uvicorn returns normally (e.g. it could not bind the port)
+        stop_workers()
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -22,7 +22,10 @@ def create_app(
     engine: Engine | None = None,
     keys: KeyRing | None = None,
     api_keys_env: str | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """The app. ``on_shutdown`` runs when the server stops (uvicorn ends the process by
+    re-raising the signal that stopped it, so code after ``uvicorn.run`` may never run)."""
     settings = settings or ServiceSettings.from_env()
     keys = keys or load_keys(api_keys_env, settings.keys_file)
     engine = engine or Engine(settings.base_model, device=settings.device)
@@ -33,6 +36,8 @@ def create_app(
         engine.load()
         app.state.service = Service(settings, db, objects, engine, keys)
         yield
+        if on_shutdown is not None:
+            on_shutdown()
 
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
     errors.install(app)

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from ragtune.generate.prompts import STOP_STRINGS, chat_prompt, has_chat_template
-from ragtune.serve.engine import Completion, SamplingParams, TokenDelta
+from ragtune.serve.engine import Completion, RequestHandle, SamplingParams, TokenDelta
 from ragtune.serve.errors import APIError
 from ragtune.serve.protocol.chat import (
     ChatCompletion,
@@ -148,7 +148,15 @@ def create_chat_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(service, name, prompt, params, n, body.model, ident, created, include_usage),
+            # Submitted before the response starts, so a prompt that is too long is a 400.
+            _stream(
+                [service.engine.submit(prompt, nth_choice(params, i), name) for i in range(n)],
+                params.logprobs,
+                body.model,
+                ident,
+                created,
+                include_usage,
+            ),
             media_type="text/event-stream",
         )
     results = [_run(service, name, prompt, nth_choice(params, i)) for i in range(n)]
@@ -198,11 +206,8 @@ def sse(obj: Any) -> str:
 
 
 def _stream(
-    service: Any,
-    name: str | None,
-    prompt: str,
-    params: SamplingParams,
-    n: int,
+    handles: list[RequestHandle],
+    logprobs: bool,
     model: str,
     ident: str,
     created: int,
@@ -216,15 +221,14 @@ def _stream(
         )
         return sse(c.model_dump(exclude_none=not include_usage))
 
-    for i in range(n):
-        handle = service.engine.submit(prompt, nth_choice(params, i), name)
+    for i, handle in enumerate(handles):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}}])
         started = False
         for d in handle:
             text = d.text if started else d.text.lstrip()
             started = started or bool(text)
             if text or d.logprob is not None:
-                lp = token_logprobs([d]) if params.logprobs and d.token_id >= 0 else None
+                lp = token_logprobs([d]) if logprobs and d.token_id >= 0 else None
                 yield chunk([{"index": i, "delta": {"content": text}, "logprobs": lp}])
         result = handle.result()
         results.append(result)

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from ragtune.serve.engine import Completion as EngineCompletion
-from ragtune.serve.engine import SamplingParams
+from ragtune.serve.engine import RequestHandle
 from ragtune.serve.errors import APIError
 from ragtune.serve.protocol.chat import CompletionUsage
 from ragtune.serve.protocol.completions import Completion, CompletionRequest, Logprobs
@@ -58,7 +58,19 @@ def create_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _stream(service, name, prompts, params, n, body.model, ident, created, include_usage),
+            # Submitted before the response starts, so a prompt that is too long is a 400.
+            _stream(
+                [
+                    service.engine.submit(prompt, nth_choice(params, i), name)
+                    for prompt in prompts
+                    for i in range(n)
+                ],
+                sum(service.engine.count_tokens(p) for p in prompts),
+                body.model,
+                ident,
+                created,
+                include_usage,
+            ),
             media_type="text/event-stream",
         )
     choices, results = [], []
@@ -91,17 +103,14 @@ def create_completion(
 
 
 def _stream(
-    service: Any,
-    name: str | None,
-    prompts: list[str],
-    params: SamplingParams,
-    n: int,
+    handles: list[RequestHandle],
+    prompt_tokens: int,
     model: str,
     ident: str,
     created: int,
     include_usage: bool,
 ) -> Iterator[str]:
-    prompt_tokens = completion_tokens = 0
+    completion_tokens = 0
 
     def chunk(choices: list[dict[str, Any]], usage: CompletionUsage | None = None) -> str:
         body: dict[str, Any] = {
@@ -115,34 +124,16 @@ def _stream(
             body["usage"] = usage.model_dump()
         return sse(body)
 
-    for p_i, prompt in enumerate(prompts):
-        prompt_tokens += service.engine.count_tokens(prompt)
-        for i in range(n):
-            handle = service.engine.submit(prompt, nth_choice(params, i), name)
-            for d in handle:
-                if d.text:
-                    yield chunk(
-                        [
-                            {
-                                "index": p_i * n + i,
-                                "text": d.text,
-                                "finish_reason": None,
-                                "logprobs": None,
-                            }
-                        ]
-                    )
-            r = handle.result()
-            completion_tokens += r.completion_tokens
-            yield chunk(
-                [
-                    {
-                        "index": p_i * n + i,
-                        "text": "",
-                        "finish_reason": r.finish_reason,
-                        "logprobs": None,
-                    }
-                ]
-            )
+    def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+
+    for index, handle in enumerate(handles):
+        for d in handle:
+            if d.text:
+                yield chunk([choice(index, d.text, None)])
+        r = handle.result()
+        completion_tokens += r.completion_tokens
+        yield chunk([choice(index, "", r.finish_reason)])
     if include_usage:
         yield chunk(
             [],
