@@ -126,7 +126,7 @@ def server(
     s.stop()
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 600) -> None:
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 1800) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
