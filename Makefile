@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/fusion.py
 	$(PY) bench/tune.py
 	$(PY) bench/demo.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

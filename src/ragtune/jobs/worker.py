@@ -1,0 +1,236 @@
+"""The worker: claims jobs from the job table and runs them, one at a time.
+
+A fine-tuning job is validated (``validating_files`` -> ``queued``), then trained with the
+library recipe :func:`ragtune.tune.loop.train` in this process (``running``). A heartbeat
+thread renews the job's lease; a worker that dies (``kill -9``) stops renewing it, and when the
+lease runs out another worker claims the job and resumes the run from its last checkpoint
+(``train(resume=True)``). The training loop polls :meth:`JobTable.should_stop` after every
+optimizer step, so a cancellation, or the loss of the lease, stops it within one step.
+Only the holder of the current attempt token can write the final status (exactly once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ragtune.errors import RagtuneError
+from ragtune.jobs.backend import Database
+from ragtune.jobs.runs import results_csv
+from ragtune.jobs.settings import ServiceSettings
+from ragtune.jobs.sqlite import new_event
+from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def fine_tuned_model_name(base_id: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ``ft:BASE:SUFFIX:JOBID``."""
+    return f"ft:{base_id}:{suffix or ''}:{job_id}"
+
+
+class Worker:
+    def __init__(self, settings: ServiceSettings, db: Database, objects: ObjectStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.objects = objects
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
+        """Claim and run jobs until ``stop()`` is true."""
+        while not stop():
+            if not self.run_one(stop):
+                time.sleep(poll_s)
+
+    def run_one(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Claim one job and take it one stage further; False when there was nothing to do."""
+        claim = self.db.claim(self.id, self.settings.lease_s)
+        if claim is None:
+            return False
+        job = claim.job
+        try:
+            if job.cancel_requested:
+                self._finish(claim, "cancelled", {})
+                self._event(job, "Fine-tuning job cancelled")
+            elif job.status == "validating_files":
+                self._validate(claim)
+            else:
+                self._train(claim, stop)
+        except RagtuneError as e:
+            self._fail(claim, "invalid_request", e.message)
+        except Exception as e:  # a bug or a crash in training: the job fails, the worker lives
+            log.exception("job %s failed", job.id)
+            self._fail(claim, "internal_error", f"{type(e).__name__}: {e}")
+        return True
+
+    # --- stages -------------------------------------------------------------------------
+
+    def _validate(self, claim: Claim) -> None:
+        from ragtune.tune.data import load_data
+
+        job = claim.job
+        for param, file_id in (
+            ("training_file", job.training_file),
+            ("validation_file", job.validation_file),
+        ):
+            if file_id is None:
+                continue
+            self._event(job, f"Validating {param.replace('_', ' ')}: {file_id}")
+            record = self.db.get_file(job.project, file_id)
+            if record is None:
+                self._fail(claim, "invalid_training_file", f"File {file_id} was deleted", param)
+                return
+            data = load_data(
+                self.objects.local_path(record.key),
+                min_examples=10 if param == "training_file" else 0,
+            )
+            if data.errors:
+                problems = "; ".join(str(p) for p in data.errors[:5])
+                self._fail(claim, "invalid_training_file", f"Invalid {param}: {problems}", param)
+                return
+        self._finish(claim, "queued", {})
+        self._event(job, "Files validated, moving job to queued state")
+
+    def _train(self, claim: Claim, stop: Callable[[], bool]) -> None:
+        from ragtune.tune.events import read_manifest
+        from ragtune.tune.loop import StepInfo, train
+
+        job, attempt = claim.job, claim.attempt
+        run_dir = self.settings.run_dir(job.id)
+        lost = threading.Event()
+        beating = threading.Event()
+
+        def heartbeat() -> None:
+            while not beating.wait(self.settings.lease_s / 3):
+                if not self.db.heartbeat(job.id, attempt, self.settings.lease_s):
+                    lost.set()
+                    return
+
+        def should_stop() -> bool:
+            return lost.is_set() or stop() or self.db.should_stop(job.id, attempt)
+
+        def on_step(info: StepInfo) -> None:
+            self.db.update_running(
+                job.id, attempt, {"estimated_finish": int(time.time() + info.eta_s)}
+            )
+
+        self._event(
+            job,
+            "Fine-tuning job started"
+            if job.attempts <= 1
+            else f"Fine-tuning job resumed (attempt {job.attempts})",
+        )
+        thread = threading.Thread(target=heartbeat, name=f"heartbeat-{job.id}", daemon=True)
+        thread.start()
+        try:
+            manifest = read_manifest(run_dir)
+            if manifest is not None and manifest.get("status") == "succeeded":
+                trained = int(manifest["result"]["trained_tokens"])  # finished before a crash
+            else:
+                train_path, valid_path = self._data_paths(job)
+                hp = job.spec["hyperparameters"]
+                result = train(
+                    train_path,
+                    run_dir,
+                    method=job.spec["training_type"],
+                    base=self.settings.base_model,
+                    validation=valid_path,
+                    epochs=_auto(hp.get("n_epochs")),
+                    batch_size=_auto(hp.get("batch_size")),
+                    lr_multiplier=_auto(hp.get("learning_rate_multiplier")),
+                    seed=job.seed,
+                    resume=True,
+                    device=self.settings.device,
+                    dtype="float32",
+                    on_step=on_step,
+                    should_stop=should_stop,
+                )
+                if result.status != "succeeded":
+                    self._stopped(claim, lost.is_set(), stop())
+                    return
+                trained = result.trained_tokens
+        finally:
+            beating.set()
+            thread.join()
+        self._succeed(claim, trained)
+
+    def _stopped(self, claim: Claim, lost: bool, shutting_down: bool) -> None:
+        job = claim.job
+        if lost:  # another worker holds the job now; it resumes from the checkpoint
+            log.warning("job %s: lease lost, leaving it to its new holder", job.id)
+        elif shutting_down:  # back to the queue; the next worker resumes from the checkpoint
+            self._finish(claim, "queued", {})
+            self._event(job, "Worker stopped; the job will resume from its last checkpoint")
+        elif self._finish(claim, "cancelled", {}):
+            self._event(job, "Fine-tuning job cancelled")
+
+    def _succeed(self, claim: Claim, trained_tokens: int) -> None:
+        job = claim.job
+        run_dir = self.settings.run_dir(job.id)
+        result_id = f"file-{uuid.uuid4().hex[:24]}"
+        key = f"{result_id}.csv"
+        data = results_csv(run_dir)
+        self.objects.put_bytes(key, data)
+        record = FileRecord(
+            id=result_id,
+            project=job.project,
+            filename="step_metrics.csv",
+            purpose="fine-tune-results",
+            bytes=len(data),
+            created_at=int(time.time()),
+            key=key,
+        )
+        name = fine_tuned_model_name(self.settings.base_model_id, job.suffix, job.id)
+        values: dict[str, Any] = {
+            "fine_tuned_model": name,
+            "trained_tokens": trained_tokens,
+            "result_files": [result_id],
+            "estimated_finish": None,
+        }
+        if self._finish(claim, "succeeded", values, [record]):
+            self._event(job, f"New fine-tuned model created: {name}")
+            self._event(job, "The job has successfully completed")
+        else:  # another attempt finished it: this one leaves no trace
+            self.objects.delete(key)
+
+    def _fail(self, claim: Claim, code: str, message: str, param: str | None = None) -> None:
+        if self._finish(claim, "failed", {"error": JobError(code, message, param)}):
+            self._event(claim.job, f"Fine-tuning job failed: {message}", "error")
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        claim: Claim,
+        status: Any,
+        values: dict[str, Any],
+        files: list[FileRecord] | None = None,
+    ) -> bool:
+        return self.db.finish(claim.job.id, claim.attempt, status, values, files or [])
+
+    def _event(self, job: JobRecord, message: str, level: Any = "info") -> None:
+        self.db.add_event(new_event(job.id, message, level))
+
+    def _data_paths(self, job: JobRecord) -> tuple[Path, Path | None]:
+        paths: list[Path | None] = []
+        for file_id in (job.training_file, job.validation_file):
+            if file_id is None:
+                paths.append(None)
+                continue
+            record = self.db.get_file(job.project, file_id)
+            if record is None:
+                raise RagtuneError(f"File {file_id} was deleted before training started")
+            paths.append(self.objects.local_path(record.key))
+        assert paths[0] is not None
+        return paths[0], paths[1]
+
+
+def _auto(value: Any) -> Any:
+    return None if value in (None, "auto") else value

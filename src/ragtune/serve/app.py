@@ -1,0 +1,47 @@
+"""The FastAPI application: one router per resource, the engine owned by the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from ragtune import __version__
+from ragtune.jobs.backend import open_backend
+from ragtune.jobs.keys import KeyRing, load_keys
+from ragtune.jobs.settings import ServiceSettings
+from ragtune.serve import errors
+from ragtune.serve.engine import Engine
+from ragtune.serve.routes import chat, completions, embeddings, files, fine_tuning, models
+from ragtune.serve.state import Service, current_project
+
+
+def create_app(
+    settings: ServiceSettings | None = None,
+    engine: Engine | None = None,
+    keys: KeyRing | None = None,
+    api_keys_env: str | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app. ``on_shutdown`` runs when the server stops (uvicorn ends the process by
+    re-raising the signal that stopped it, so code after ``uvicorn.run`` may never run)."""
+    settings = settings or ServiceSettings.from_env()
+    keys = keys or load_keys(api_keys_env, settings.keys_file)
+    engine = engine or Engine(settings.base_model, device=settings.device)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db, objects = open_backend(settings)
+        engine.load()
+        app.state.service = Service(settings, db, objects, engine, keys)
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
+    errors.install(app)
+    auth = [Depends(current_project)]
+    for module in (models, files, fine_tuning, chat, completions, embeddings):
+        app.include_router(module.router, prefix="/v1", dependencies=auth)
+    return app

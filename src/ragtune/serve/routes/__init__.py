@@ -1,0 +1,1 @@
+"""One APIRouter per resource; routes validate, call the library, shape the response."""
