@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -132,19 +132,25 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
+def open_tables(path: Path, schema: str) -> Callable[..., Any]:
+    """Create ``schema``'s tables in the service database at ``path`` (beside the job table,
+    with its connection rules) and return its transaction context manager."""
+    jobs = SqliteDB(path)
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.executescript(schema)
+        db.commit()
+    finally:
+        db.close()
+    return jobs._connect
+
+
 class VectorStoreDB:
     """The vector store tables, beside the job table in the same SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        jobs = SqliteDB(self.path)  # same file, same connection rules as the job table
-        self._connect = jobs._connect
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.executescript(_SCHEMA)
-            db.commit()
-        finally:
-            db.close()
+        self._connect = open_tables(self.path, _SCHEMA)
 
     # --- stores --------------------------------------------------------------------------
 

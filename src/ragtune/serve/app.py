@@ -20,6 +20,7 @@ from ragtune.serve.routes import (
     files,
     fine_tuning,
     models,
+    responses,
     vector_stores,
 )
 from ragtune.serve.state import Service, current_project
@@ -45,6 +46,15 @@ def create_app(
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
     errors.install(app)
     auth = [Depends(current_project)]
-    for module in (models, files, fine_tuning, chat, completions, embeddings, vector_stores):
+    for module in (
+        models,
+        files,
+        fine_tuning,
+        chat,
+        completions,
+        embeddings,
+        vector_stores,
+        responses,
+    ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     return app

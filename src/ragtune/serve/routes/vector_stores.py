@@ -26,10 +26,12 @@ from ragtune.serve.protocol.common import list_page
 from ragtune.serve.protocol.vector_stores import (
     Attributes,
     ChunkingStrategyParam,
+    Content,
     FileBatchCreateParams,
     FileCounts,
     FileCreateParams,
     FileUpdateParams,
+    Filters,
     LastError,
     StaticFileChunkingStrategy,
     StaticFileChunkingStrategyObject,
@@ -45,7 +47,7 @@ from ragtune.serve.protocol.vector_stores import (
     VectorStoreUpdateParams,
 )
 from ragtune.serve.state import ProjectDep, Service, ServiceDep
-from ragtune.serve.vector_search import KnowledgeBases, search_store
+from ragtune.serve.vector_search import KnowledgeBases, StoreHit, search_store
 
 router = APIRouter(tags=["vector_stores"])
 DAY = 86_400
@@ -429,7 +431,7 @@ async def search_vector_store(
         raise APIError(400, "query must be a non-empty string or list of strings", "query")
     threshold = body.ranking_options.score_threshold if body.ranking_options else None
     hits = await run_in_threadpool(
-        run_search,
+        store_hits,
         service,
         db,
         knowledge_bases(request),
@@ -438,25 +440,25 @@ async def search_vector_store(
         body.max_num_results,
         body.filters,
         threshold,
-        None,
-        None,
     )
-    return VectorStoreSearchPage(search_query=queries, data=hits).model_dump()
+    return VectorStoreSearchPage(
+        search_query=queries, data=[search_result(h) for h in hits]
+    ).model_dump()
 
 
-def run_search(
+def store_hits(
     service: Service,
     db: VectorStoreDB,
     kbs: KnowledgeBases,
     store: VectorStoreRecord,
     queries: list[str],
     k: int,
-    filters: Any,
+    filters: Filters | None,
     score_threshold: float | None,
-    bm25_weight: float | None,
-    dense_weight: float | None,
-) -> list[VectorStoreSearchResponse]:
-    """Search one store; the results in the SDK's shape (also used by ``file_search``)."""
+    bm25_weight: float | None = None,
+    dense_weight: float | None = None,
+) -> list[StoreHit]:
+    """Search one store (also for the ``file_search`` tool of ``/v1/responses``)."""
     from ragtune.retrieve.dense import embed
 
     kb = kbs.get(store.kb_name)
@@ -468,13 +470,14 @@ def run_search(
         kb, files, queries, vectors, k, filters, score_threshold, bm25_weight, dense_weight
     )
     db.update_store(store.project, store.id, {"last_active_at": int(time.time())})
-    return [
-        VectorStoreSearchResponse(
-            attributes=h.file.attributes,
-            content=[{"type": "text", "text": h.chunk.text}],  # type: ignore[list-item]
-            file_id=h.file.file_id,
-            filename=h.file.filename,
-            score=h.score,
-        )
-        for h in hits
-    ]
+    return hits
+
+
+def search_result(h: StoreHit) -> VectorStoreSearchResponse:
+    return VectorStoreSearchResponse(
+        attributes=h.file.attributes,
+        content=[Content(text=h.chunk.text)],
+        file_id=h.file.file_id,
+        filename=h.file.filename,
+        score=h.score,
+    )
