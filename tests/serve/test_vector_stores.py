@@ -83,7 +83,7 @@ def test_ingestion_job_completes_files_and_counts(served: Served) -> None:
         served.client.get(f"/v1/vector_stores/{store_id}", headers=served.headers()).json()
     )
     assert store.status == "in_progress" and store.file_counts.in_progress == 4
-    served.run_worker()
+    assert served.worker.run_one()  # the store's waiting files go in one ingest run
     store = VectorStore.model_validate(
         served.client.get(f"/v1/vector_stores/{store_id}", headers=served.headers()).json()
     )
@@ -103,8 +103,15 @@ def test_ingestion_job_completes_files_and_counts(served: Served) -> None:
 
 
 def test_unsupported_file_fails_with_last_error(served: Served) -> None:
-    store_id, ids = make_store(served, {"table.csv": "a,b\n1,2\n"})
+    store_id, ids = make_store(served, {"table.csv": "a,b\n1,2\n", "empty.txt": " ", **DOCS})
     served.run_worker()
+    empty = VectorStoreFile.model_validate(
+        served.client.get(
+            f"/v1/vector_stores/{store_id}/files/{ids['empty.txt']}", headers=served.headers()
+        ).json()
+    )
+    assert empty.status == "failed" and empty.last_error is not None
+    assert empty.last_error.code == "invalid_file"
     f = VectorStoreFile.model_validate(
         served.client.get(
             f"/v1/vector_stores/{store_id}/files/{ids['table.csv']}", headers=served.headers()
@@ -115,7 +122,7 @@ def test_unsupported_file_fails_with_last_error(served: Served) -> None:
     store = VectorStore.model_validate(
         served.client.get(f"/v1/vector_stores/{store_id}", headers=served.headers()).json()
     )
-    assert store.file_counts.failed == 1 and store.usage_bytes == 0
+    assert store.file_counts.failed == 2 and store.file_counts.completed == 4
 
 
 def test_search_ranks_filters_and_thresholds(served: Served) -> None:
@@ -307,10 +314,10 @@ def test_ingestion_completes_once_after_a_worker_dies(served: Served) -> None:
     store_id, ids = make_store(served, {"cats.md": DOCS["cats.md"]})
     db = VectorStoreDB(served.settings.database)
     dead = db.claim_ingest(lease_s=0.0)  # claimed, then the worker died: the lease is over
-    assert dead is not None and dead.file.file_id == ids["cats.md"]
+    assert dead is not None and [f.file_id for f in dead.files] == [ids["cats.md"]]
     served.run_worker()
-    assert not db.finish_ingest(dead, "completed", "x", 1)  # the dead attempt is stale
-    [f] = db.store_files(dead.file.project, store_id)
+    assert not db.finish_ingest(dead, ids["cats.md"], "completed", "x", 1)  # a stale attempt
+    [f] = db.store_files(dead.files[0].project, store_id)
     assert f.status == "completed" and f.attempts == 2
     assert KnowledgeBase.open(store_id).count() == (1, 1)
 

@@ -40,7 +40,8 @@ class Ingester:
         self.objects = objects
 
     def run_one(self) -> bool:
-        """Claim one file and ingest or purge it; False when there was nothing to do."""
+        """Claim waiting files of one store and ingest (or purge) them in one run; False when
+        there was nothing to do."""
         claim = self.db.claim_ingest(self.settings.lease_s)
         if claim is None:
             return False
@@ -54,21 +55,20 @@ class Ingester:
         thread = threading.Thread(target=heartbeat, name="heartbeat-ingest", daemon=True)
         thread.start()
         try:
-            if claim.file.deleted:
+            if claim.deleted:
                 self._purge(claim)
             else:
                 self._ingest(claim)
         except _Busy:
             self.db.release_ingest(claim)
-        except RagtuneError as e:
-            self.db.finish_ingest(
-                claim, "failed", None, 0, {"code": "invalid_file", "message": e.message}
-            )
-        except Exception as e:  # a crash ingesting one file fails that file, the worker lives
-            log.exception("ingesting %s failed", claim.file.file_id)
-            self.db.finish_ingest(
-                claim, "failed", None, 0, {"code": "server_error", "message": str(e)}
-            )
+        except Exception as e:  # a crash fails these files, the worker lives
+            log.exception("ingesting into %s failed", claim.store_id)
+            code = "invalid_file" if isinstance(e, RagtuneError) else "server_error"
+            message = e.message if isinstance(e, RagtuneError) else f"{type(e).__name__}: {e}"
+            for f in claim.files:
+                self.db.finish_ingest(
+                    claim, f.file_id, "failed", None, 0, {"code": code, "message": message}
+                )
         finally:
             done.set()
             thread.join()
@@ -77,39 +77,44 @@ class Ingester:
     def _purge(self, claim: IngestClaim) -> None:
         from ragtune.ingest.pipeline import remove_documents
 
-        if claim.store is not None:
-            doc_id = document_id(claim.file.file_id, claim.file.filename)
-            _guard(lambda: remove_documents(claim.store.kb_name, [doc_id]))  # type: ignore[union-attr]
+        store = claim.store
+        if store is not None:
+            doc_ids = [document_id(f.file_id, f.filename) for f in claim.files]
+            _guard(lambda: remove_documents(store.kb_name, doc_ids))
         self.db.purged(claim)
 
     def _ingest(self, claim: IngestClaim) -> None:
         from ragtune.ingest.pipeline import ingest
 
-        f, store = claim.file, claim.store
-        if store is None:  # the store was deleted
-            self.db.purged(claim)
+        store = claim.store
+        if store is None:  # the store was deleted meanwhile
             return
-        suffix = Path(f.filename).suffix.lower()
-        if suffix not in SUPPORTED_SUFFIXES:
-            self.db.finish_ingest(
-                claim,
-                "failed",
-                None,
-                0,
-                {
-                    "code": "unsupported_file",
-                    "message": f"File type {suffix or '(none)'} is not supported for "
-                    f"retrieval (supported: {', '.join(SUPPORTED_SUFFIXES)})",
-                },
-            )
-            return
-        doc_id = document_id(f.file_id, f.filename)
+        links: dict[str, Path] = {}
         with tempfile.TemporaryDirectory(prefix="ragtune-ingest-") as tmp:
-            link = Path(tmp) / doc_id
-            link.symlink_to(self.objects.local_path(f.object_key))
+            for f in claim.files:
+                suffix = Path(f.filename).suffix.lower()
+                if suffix not in SUPPORTED_SUFFIXES:
+                    self.db.finish_ingest(
+                        claim,
+                        f.file_id,
+                        "failed",
+                        None,
+                        0,
+                        {
+                            "code": "unsupported_file",
+                            "message": f"File type {suffix or '(none)'} is not supported for "
+                            f"retrieval (supported: {', '.join(SUPPORTED_SUFFIXES)})",
+                        },
+                    )
+                    continue
+                link = Path(tmp) / document_id(f.file_id, f.filename)
+                link.symlink_to(self.objects.local_path(f.object_key))
+                links[f.file_id] = link
+            if not links:
+                return
             report = _guard(
                 lambda: ingest(
-                    [link],
+                    list(links.values()),
                     kb=store.kb_name,
                     embedder=self.settings.embedder,
                     backend=self.settings.embed_backend,  # type: ignore[arg-type]
@@ -118,15 +123,17 @@ class Ingester:
                     device=self.settings.device,
                 )
             )
-        if report.skipped and doc_id not in report.added + report.updated:
-            reason = "; ".join(why for _, why in report.skipped)
-            if report.unchanged == 0:
-                self.db.finish_ingest(
-                    claim, "failed", None, 0, {"code": "invalid_file", "message": reason}
-                )
-                return
-        size = self.objects.local_path(f.object_key).stat().st_size
-        self.db.finish_ingest(claim, "completed", doc_id, size)
+        skipped = {path: why for path, why in report.skipped}
+        for f in claim.files:
+            made = links.get(f.file_id)
+            if made is None:
+                continue
+            if str(made) in skipped:
+                error = {"code": "invalid_file", "message": skipped[str(made)]}
+                self.db.finish_ingest(claim, f.file_id, "failed", None, 0, error)
+            else:  # added, updated, or unchanged from an attempt that died before finishing
+                size = self.objects.local_path(f.object_key).stat().st_size
+                self.db.finish_ingest(claim, f.file_id, "completed", made.name, size)
 
 
 class _Busy(Exception):

@@ -121,11 +121,17 @@ class BatchRecord:
 
 @dataclass(frozen=True)
 class IngestClaim:
-    """A vector store file a worker now holds (``file.deleted``: remove its chunks)."""
+    """Files of one store a worker now holds under one attempt token: waiting files to
+    ingest, or (``deleted``) detached files whose chunks it removes from the index."""
 
-    file: VSFileRecord
+    files: list[VSFileRecord]
     store: VectorStoreRecord | None
     attempt: str
+    deleted: bool
+
+    @property
+    def store_id(self) -> str:
+        return self.files[0].vector_store_id
 
 
 def new_id(prefix: str) -> str:
@@ -377,83 +383,93 @@ class VectorStoreDB:
 
     # --- the worker side -----------------------------------------------------------------
 
-    def claim_ingest(self, lease_s: float) -> IngestClaim | None:
-        """Take the oldest file waiting for ingestion or for removal from its index."""
+    def claim_ingest(self, lease_s: float, limit: int = 256) -> IngestClaim | None:
+        """Take the oldest file waiting for ingestion or for removal from its index, with
+        up to ``limit`` files of the same store waiting for the same (one ingest run)."""
         now = time.time()
+        free = "(attempt IS NULL OR lease_until IS NULL OR lease_until < ?)"
         with self._connect(immediate=True) as db:
-            row = db.execute(
-                f"SELECT {_FILE_COLUMNS}, seq FROM vector_store_files "
-                "WHERE (status = 'in_progress' OR deleted = 1) "
-                "AND (attempt IS NULL OR lease_until IS NULL OR lease_until < ?) "
-                "ORDER BY seq LIMIT 1",
+            first = db.execute(
+                "SELECT vector_store_id, deleted FROM vector_store_files "
+                f"WHERE (status = 'in_progress' OR deleted = 1) AND {free} ORDER BY seq LIMIT 1",
                 (now,),
             ).fetchone()
-            if row is None:
+            if first is None:
                 return None
+            store_id, deleted = first
+            waiting = "deleted = 1" if deleted else "status = 'in_progress' AND deleted = 0"
+            rows = db.execute(
+                f"SELECT {_FILE_COLUMNS}, seq FROM vector_store_files WHERE "
+                f"vector_store_id = ? AND {waiting} AND {free} ORDER BY seq LIMIT ?",
+                (store_id, now, limit),
+            ).fetchall()
             attempt = uuid.uuid4().hex
-            db.execute(
+            db.executemany(
                 "UPDATE vector_store_files SET attempt = ?, lease_until = ?, "
                 "attempts = attempts + 1 WHERE seq = ?",
-                (attempt, now + lease_s, row[-1]),
+                [(attempt, now + lease_s, r[-1]) for r in rows],
             )
             store_row = db.execute(
-                f"SELECT {_STORE_COLUMNS} FROM vector_stores WHERE id = ?", (row[0],)
+                f"SELECT {_STORE_COLUMNS} FROM vector_stores WHERE id = ?", (store_id,)
             ).fetchone()
-        file = _vsfile(row[:-1])
-        return IngestClaim(file, _store(store_row) if store_row else None, attempt)
+        files = [_vsfile(r[:-1]) for r in rows]
+        store = _store(store_row) if store_row else None
+        return IngestClaim(files, store, attempt, bool(deleted))
 
     def heartbeat_ingest(self, claim: IngestClaim, lease_s: float) -> bool:
         with self._connect() as db:
             cur = db.execute(
                 "UPDATE vector_store_files SET lease_until = ? WHERE vector_store_id = ? "
                 "AND attempt = ?",
-                (time.time() + lease_s, claim.file.vector_store_id, claim.attempt),
+                (time.time() + lease_s, claim.store_id, claim.attempt),
             )
-        return cur.rowcount == 1
+        return cur.rowcount > 0
 
     def release_ingest(self, claim: IngestClaim) -> None:
-        """Give the file back to the queue untouched (its index was busy)."""
+        """Give the files back to the queue untouched (their index was busy)."""
         with self._connect() as db:
             db.execute(
                 "UPDATE vector_store_files SET attempt = NULL, lease_until = NULL "
                 "WHERE vector_store_id = ? AND attempt = ?",
-                (claim.file.vector_store_id, claim.attempt),
+                (claim.store_id, claim.attempt),
             )
 
     def finish_ingest(
         self,
         claim: IngestClaim,
+        file_id: str,
         status: VSFileStatus,
         doc_id: str | None,
         usage_bytes: int,
         last_error: dict[str, str] | None = None,
     ) -> bool:
-        """Record the outcome, only if ``claim`` still holds the file (exactly once)."""
+        """Record a file's outcome, only if ``claim`` still holds it (exactly once)."""
         with self._connect(immediate=True) as db:
             cur = db.execute(
                 "UPDATE vector_store_files SET status = ?, doc_id = ?, usage_bytes = ?, "
                 "last_error = ?, attempt = NULL, lease_until = NULL WHERE vector_store_id = ? "
-                "AND attempt = ? AND deleted = 0 AND status = 'in_progress'",
+                "AND file_id = ? AND attempt = ? AND deleted = 0 AND status = 'in_progress'",
                 (
                     status,
                     doc_id,
                     usage_bytes,
                     dumps(last_error),
-                    claim.file.vector_store_id,
+                    claim.store_id,
+                    file_id,
                     claim.attempt,
                 ),
             )
         return cur.rowcount == 1
 
-    def purged(self, claim: IngestClaim) -> bool:
-        """A deleted file's chunks are gone from the index: drop its row."""
+    def purged(self, claim: IngestClaim) -> int:
+        """The claimed deleted files' chunks are gone from the index: drop their rows."""
         with self._connect() as db:
             cur = db.execute(
                 "DELETE FROM vector_store_files WHERE vector_store_id = ? AND attempt = ? "
                 "AND deleted = 1",
-                (claim.file.vector_store_id, claim.attempt),
+                (claim.store_id, claim.attempt),
             )
-        return cur.rowcount == 1
+        return cur.rowcount
 
 
 def _store(r: Sequence[Any]) -> VectorStoreRecord:
