@@ -132,6 +132,7 @@ def store(live: Live) -> tuple[str, dict[str, str]]:
             file=live.docs / name,
             attributes=ATTRS[name],  # type: ignore[arg-type]
             poll_interval_ms=200,
+            max_wait_seconds=600,
         )
         assert f.status == "completed", f.last_error
         ids[name] = f.id
@@ -292,7 +293,9 @@ def test_worker_killed_during_ingestion_completes_the_file_once(live: Live, stor
         "in_progress"
     )
     live.start_worker()
-    f = client.vector_stores.files.poll(uploaded.id, vector_store_id=vs.id, poll_interval_ms=300)
+    f = client.vector_stores.files.poll(
+        uploaded.id, vector_store_id=vs.id, poll_interval_ms=300, max_wait_seconds=900
+    )
     assert f.status == "completed", f.last_error
     assert attempts(live, vs.id) == 2  # the killed attempt, and the one that completed it
     index = KnowledgeBase(vs.id, kb, read_manifest(kb, vs.id))
