@@ -322,14 +322,45 @@ def _ingest(
                 "max_seq_length": writer.emb.max_seq_length,
             },
         )
-        report.documents, report.chunks = store.count()
-        new.update(
-            store=snapshot,
-            updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            counts={"documents": report.documents, "chunks": report.chunks},
-        )
-        write_json_atomic(folder / "manifest.json", new)
-        store.cleanup(snapshot)
+        _publish(folder, new, store, snapshot, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _publish(
+    folder: Path,
+    manifest: dict[str, Any],
+    store: LanceStore,
+    snapshot: dict[str, Any],
+    report: IngestReport,
+) -> None:
+    """Point the manifest at ``snapshot`` (atomically), then drop what no reader needs."""
+    report.documents, report.chunks = store.count()
+    manifest.update(
+        store=snapshot,
+        updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        counts={"documents": report.documents, "chunks": report.chunks},
+    )
+    write_json_atomic(folder / "manifest.json", manifest)
+    store.cleanup(snapshot)
+
+
+def remove_documents(kb: str, doc_ids: Sequence[str]) -> IngestReport:
+    """Remove documents from knowledge base ``kb`` (ids it does not hold are ignored)."""
+    t0 = time.perf_counter()
+    folder = kb_path(kb)
+    report = IngestReport(kb=kb)
+    with _writer_lock(folder, kb):
+        manifest = _existing_manifest(folder, kb)
+        if manifest is None:
+            return report
+        store = LanceStore(folder, int(manifest["embedder"]["dim"]), manifest["store"])
+        report.removed = sorted(set(doc_ids) & set(store.doc_index()))
+        if report.removed:
+            store.delete_documents(report.removed)
+            _publish(folder, manifest, store, store.commit(), report)
+        else:
+            report.documents, report.chunks = store.count()
     report.seconds = time.perf_counter() - t0
     return report, writer
 

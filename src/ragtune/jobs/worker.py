@@ -23,10 +23,12 @@ from typing import Any
 
 from ragtune.errors import RagtuneError
 from ragtune.jobs.backend import Database
+from ragtune.jobs.ingestion import Ingester
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
 from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
+from ragtune.jobs.vector_stores import VectorStoreDB
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Worker:
         self.db = db
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ingester = Ingester(settings, VectorStoreDB(settings.database), objects)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
@@ -53,7 +56,7 @@ class Worker:
         """Claim one job and take it one stage further; False when there was nothing to do."""
         claim = self.db.claim(self.id, self.settings.lease_s)
         if claim is None:
-            return False
+            return self.ingester.run_one()  # vector store files, when no job waits
         job = claim.job
         try:
             if job.cancel_requested:

@@ -13,7 +13,16 @@ from ragtune.jobs.keys import KeyRing, load_keys
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.serve import errors
 from ragtune.serve.engine import Engine
-from ragtune.serve.routes import chat, completions, embeddings, files, fine_tuning, models
+from ragtune.serve.routes import (
+    chat,
+    completions,
+    embeddings,
+    files,
+    fine_tuning,
+    models,
+    responses,
+    vector_stores,
+)
 from ragtune.serve.state import Service, current_project
 
 
@@ -42,6 +51,15 @@ def create_app(
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
     errors.install(app)
     auth = [Depends(current_project)]
-    for module in (models, files, fine_tuning, chat, completions, embeddings):
+    for module in (
+        models,
+        files,
+        fine_tuning,
+        chat,
+        completions,
+        embeddings,
+        vector_stores,
+        responses,
+    ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     return app
