@@ -1,8 +1,9 @@
-"""Open the configured backend: today SQLite in the data directory and a local object
-folder. The one place a PostgreSQL backend would be chosen."""
+"""Open the configured backend: SQLite in the data directory and a local object folder, or
+PostgreSQL when ``RAGTUNE_DATABASE_URL=postgresql://…`` is set (:mod:`ragtune.jobs.postgres`)."""
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 from ragtune.jobs.objects import LocalObjectStore
@@ -16,4 +17,9 @@ class Database(FileTable, JobTable, Protocol):
 
 
 def open_backend(settings: ServiceSettings) -> tuple[Database, ObjectStore]:
+    url = os.environ.get("RAGTUNE_DATABASE_URL")
+    if url:
+        from ragtune.jobs.postgres import open_postgres
+
+        return open_postgres(url), LocalObjectStore(settings.objects)
     return SqliteDB(settings.database), LocalObjectStore(settings.objects)
