@@ -63,24 +63,27 @@ CREATE INDEX job_events_job ON job_events (job_id, seq);
         "chunks of knowledge bases: pgvector HNSW (cosine) and full-text search",
         """
 CREATE EXTENSION IF NOT EXISTS vector;
-CREATE TABLE kb_chunks (
-    kb TEXT NOT NULL,
-    row_id INTEGER NOT NULL,
-    chunk_id TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    text TEXT NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    dim INTEGER NOT NULL,
-    embedding vector NOT NULL,
-    tsv tsvector NOT NULL,
-    PRIMARY KEY (kb, row_id)
-);
-CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
 CREATE TABLE kb_meta (
-    kb TEXT PRIMARY KEY,
-    dim INTEGER NOT NULL,
-    manifest JSONB NOT NULL
+    kb TEXT PRIMARY KEY, dim INTEGER NOT NULL, next_row BIGINT NOT NULL DEFAULT 0,
+    n_chunks BIGINT NOT NULL DEFAULT 0, total_len BIGINT NOT NULL DEFAULT 0,
+    version BIGINT NOT NULL DEFAULT 0
 );
+CREATE TABLE kb_documents (
+    kb TEXT NOT NULL, doc_id TEXT NOT NULL, source TEXT NOT NULL, title TEXT NOT NULL,
+    text TEXT NOT NULL, content_hash TEXT NOT NULL, attributes TEXT[] NOT NULL,
+    PRIMARY KEY (kb, doc_id)
+);
+CREATE TABLE kb_chunks (
+    kb TEXT NOT NULL, row_id BIGINT NOT NULL, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+    idx INTEGER NOT NULL, text TEXT NOT NULL, start_at BIGINT NOT NULL, end_at BIGINT NOT NULL,
+    source TEXT NOT NULL, title TEXT NOT NULL, attributes TEXT[] NOT NULL,
+    length INTEGER NOT NULL, embedding vector NOT NULL, tsv tsvector NOT NULL,
+    PRIMARY KEY (kb, row_id), UNIQUE (kb, chunk_id)
+);
+CREATE INDEX kb_chunks_doc ON kb_chunks (kb, doc_id);
+CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
+-- One HNSW index per knowledge base (partial, on embedding::vector(dim)) is created by
+-- ragtune.retrieve.pgstore when the knowledge base is first committed.
 """,
     ),
 )
