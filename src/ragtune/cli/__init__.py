@@ -18,7 +18,7 @@ from ragtune.errors import RagtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ragtune.cli import compare, makeqa, rag, serve, tune
+    from ragtune.cli import compare, makeqa, migrate, rag, serve, tune
 
     parser = argparse.ArgumentParser(
         prog="ragtune",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     makeqa.add_parsers(sub)
     compare.add_parsers(sub)
     serve.add_parsers(sub)
+    migrate.add_parsers(sub)
     return parser
 
 
