@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -142,6 +143,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
     report["total_s"] = round(time.perf_counter() - t_all, 1)
     print(json.dumps(report, indent=2))
     best = report[f"postgres_hnsw_ef{args.ef[0]}"]

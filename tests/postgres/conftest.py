@@ -10,6 +10,7 @@ When the server cannot start, the tests skip on a developer's machine but FAIL i
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ def pg_server() -> Iterator[str]:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def new_database(server_url: str) -> str:
