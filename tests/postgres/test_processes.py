@@ -79,7 +79,7 @@ def cluster(
         "RAGTUNE_SERVE_EMBEDDER": str(tiny_embedder),
         "RAGTUNE_SERVE_EMBED_BACKEND": "torch",
         "RAGTUNE_SERVE_DEVICE": "cpu",
-        "RAGTUNE_LEASE_SECONDS": "3",
+        "RAGTUNE_LEASE_SECONDS": "6",  # short, so the kill test waits little; beats every 2 s
     }
     cmd = [sys.executable, "-m", "ragtune.cli"]
     ports = [free_port(), free_port()]
