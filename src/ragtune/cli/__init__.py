@@ -24,7 +24,7 @@ from ragtune.errors import RagtuneError, os_error_line
 def build_parser(cfg: Config | None = None) -> argparse.ArgumentParser:
     """The parser; flag defaults come from ``cfg`` (``config.toml``, or the built-in
     defaults when it is missing or broken, so ``--help`` always works)."""
-    from ragtune.cli import compare, export, kb, makeqa, rag, serve, tune
+    from ragtune.cli import compare, export, kb, makeqa, migrate, rag, serve, tune
 
     if cfg is None:
         cfg = _read_config()[0]
@@ -43,6 +43,7 @@ def build_parser(cfg: Config | None = None) -> argparse.ArgumentParser:
     compare.add_parsers(sub)
     export.add_parsers(sub)
     serve.add_parsers(sub)
+    migrate.add_parsers(sub)
     return parser
 
 

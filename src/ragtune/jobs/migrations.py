@@ -1,0 +1,116 @@
+"""Versioned schema migrations of the PostgreSQL backend, applied on start.
+
+Each migration is a version number and the SQL that takes the schema from the previous version
+to it. :func:`migrate` applies the ones a database lacks, in order, in one transaction,
+under a transaction-level advisory lock so two servers starting at once never both apply one.
+A migration once released is never edited; a change is a new, higher version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+# An arbitrary constant: the advisory lock key that serialises migrations.
+_LOCK_KEY = 0x7261677475  # "ragtu"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "files, jobs and job events",
+        """
+CREATE TABLE files (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, project TEXT NOT NULL, filename TEXT NOT NULL,
+    purpose TEXT NOT NULL, bytes BIGINT NOT NULL, created_at BIGINT NOT NULL,
+    key TEXT NOT NULL, status TEXT NOT NULL, status_details TEXT, expires_at BIGINT
+);
+CREATE INDEX files_project ON files (project, seq);
+CREATE TABLE jobs (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, project TEXT NOT NULL, created_at BIGINT NOT NULL,
+    model TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT, suffix TEXT,
+    seed BIGINT NOT NULL, metadata JSONB, spec JSONB NOT NULL, status TEXT NOT NULL,
+    error JSONB, fine_tuned_model TEXT, finished_at BIGINT, trained_tokens BIGINT,
+    estimated_finish BIGINT, result_files JSONB NOT NULL DEFAULT '[]',
+    attempt TEXT, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    model_deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_project ON jobs (project, seq);
+CREATE INDEX jobs_waiting ON jobs (seq)
+    WHERE status IN ('validating_files', 'queued', 'running');
+CREATE TABLE job_events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at BIGINT NOT NULL,
+    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data JSONB
+);
+CREATE INDEX job_events_job ON job_events (job_id, seq);
+""",
+    ),
+    Migration(
+        2,
+        "chunks of knowledge bases: pgvector HNSW (cosine) and full-text search",
+        """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE kb_meta (
+    kb TEXT PRIMARY KEY, dim INTEGER NOT NULL, next_row BIGINT NOT NULL DEFAULT 0,
+    n_chunks BIGINT NOT NULL DEFAULT 0, total_len BIGINT NOT NULL DEFAULT 0,
+    version BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE kb_documents (
+    kb TEXT NOT NULL, doc_id TEXT NOT NULL, source TEXT NOT NULL, title TEXT NOT NULL,
+    text TEXT NOT NULL, content_hash TEXT NOT NULL, attributes TEXT[] NOT NULL,
+    PRIMARY KEY (kb, doc_id)
+);
+CREATE TABLE kb_chunks (
+    kb TEXT NOT NULL, row_id BIGINT NOT NULL, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+    idx INTEGER NOT NULL, text TEXT NOT NULL, start_at BIGINT NOT NULL, end_at BIGINT NOT NULL,
+    source TEXT NOT NULL, title TEXT NOT NULL, attributes TEXT[] NOT NULL,
+    length INTEGER NOT NULL, embedding vector NOT NULL, tsv tsvector NOT NULL,
+    PRIMARY KEY (kb, row_id), UNIQUE (kb, chunk_id)
+);
+CREATE INDEX kb_chunks_doc ON kb_chunks (kb, doc_id);
+CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
+-- One HNSW index per knowledge base (partial, on embedding::vector(dim)) is created by
+-- ragtune.retrieve.pgstore when the knowledge base is first committed.
+""",
+    ),
+)
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(url: str) -> int:
+    """Apply the missing migrations to the database at ``url``; return its version after."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        version = current_version(conn)
+        for m in MIGRATIONS:
+            if m.version <= version:
+                continue
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (m.version, m.name),
+            )
+            version = m.version
+    return version

@@ -1,0 +1,432 @@
+"""A knowledge base's :class:`~ragtune.retrieve.store.Store` in PostgreSQL: pgvector for the
+dense side, PostgreSQL full-text search for the keyword side.
+
+Dense search is cosine distance (``<=>``) over an HNSW index (Malkov & Yashunin 2018,
+"Efficient and robust approximate nearest neighbor search using Hierarchical Navigable Small
+World graphs"), one partial index per knowledge base on ``embedding::vector(dim)``;
+``ef_search`` trades recall for latency (``exact=True`` scans instead: the ground truth).
+Filtered searches use pgvector's iterative index scan, so a selective filter still returns
+``k`` rows.
+
+Keyword search scores exactly as the embedded backend's :mod:`ragtune.retrieve.bm25` (Lucene
+BM25): each chunk's ``tsvector`` is built from ragtune's own tokens (the same stop words and
+stems), its GIN index finds the chunks holding a query term, and the score
+``sum_t idf(t) * tf / (tf + k1 * (1 - b + b * |d| / avgdl))`` is computed in SQL from the
+lexemes' position counts (tf), the stored token count (|d|) and the knowledge base's totals
+(N, avgdl). Ties break by row (insertion order) as there, so both backends rank alike, and
+:meth:`ragtune.retrieve.kb.KnowledgeBase.search` fuses them with the same fusion function.
+One limit: PostgreSQL keeps at most 256 positions of a lexeme per chunk, so a term repeated
+more often than that in one chunk counts 256 times.
+
+Writes are staged in one open transaction and published by :meth:`PgStore.commit`: readers
+see the previous state until then (MVCC), a writer killed half-way leaves it intact, and
+writers of one knowledge base queue on its ``kb_meta`` row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from ragtune.retrieve.bm25 import idf, tokenize
+from ragtune.retrieve.store import (
+    Filter,
+    LanceStore,
+    _attrs_from_list,
+    _attrs_to_list,
+    index_text,
+)
+from ragtune.types import Chunk, Document
+
+MAX_POSITION = 16383  # PostgreSQL's largest tsvector position
+_CHUNK_COLUMNS = "chunk_id, doc_id, idx, text, start_at, end_at, source, title, attributes"
+
+
+def tsvector_literal(tokens: Sequence[str]) -> str:
+    """``'term':1,4 'other':2`` -- a tsvector holding exactly ``tokens`` (no re-parsing)."""
+    positions: dict[str, list[int]] = {}
+    for i, t in enumerate(tokens, start=1):
+        positions.setdefault(t, []).append(min(i, MAX_POSITION))
+    return " ".join(
+        "'" + t.replace("\\", "\\\\").replace("'", "''") + "':" + ",".join(map(str, sorted(set(p))))
+        for t, p in positions.items()
+    )
+
+
+def tsquery_literal(term: str) -> str:
+    return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def filter_clause(where: Filter | None) -> tuple[sql.Composable, list[Any]]:
+    """The SQL predicate for a metadata filter (``TRUE`` for none) and its parameters."""
+    if where is None or where.is_empty():
+        return sql.SQL("TRUE"), []
+    args: list[Any] = []
+
+    def prefix_or_equal(column: str, options: tuple[str, ...]) -> sql.Composable:
+        parts = []
+        for o in options:
+            like = o.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            parts.append(sql.SQL("({c} = %s OR {c} LIKE %s)").format(c=sql.Identifier(column)))
+            args.extend([o, like + "/%"])
+        return sql.SQL("(") + sql.SQL(" OR ").join(parts) + sql.SQL(")")
+
+    clauses: list[sql.Composable] = []
+    if where.sources:
+        clauses.append(prefix_or_equal("source", where.sources))
+    if where.doc_ids:
+        clauses.append(prefix_or_equal("doc_id", where.doc_ids))
+    for key, values in sorted(where.attributes.items()):
+        clauses.append(sql.SQL("attributes && %s::text[]"))
+        args.append([f"{key}={v}" for v in values])
+    return sql.SQL(" AND ").join(clauses), args
+
+
+def _index_name(kb: str) -> str:
+    return "kb_hnsw_" + hashlib.sha256(kb.encode()).hexdigest()[:16]
+
+
+class PgStore:
+    """Documents, chunks, vectors and keyword index of knowledge base ``kb`` in PostgreSQL.
+
+    The schema comes from :mod:`ragtune.jobs.migrations` (applied by the caller, e.g.
+    ``PostgresDB``); ``ef_search`` is pgvector's HNSW search breadth (default 40).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        kb: str,
+        dim: int,
+        ef_search: int = 40,
+        exact: bool = False,
+        m: int = 16,
+        ef_construction: int = 64,
+    ) -> None:
+        self.url = url
+        self.kb = kb
+        self.dim = dim
+        self.ef_search = ef_search
+        self.exact = exact
+        self.m = m
+        self.ef_construction = ef_construction
+        self._lock = threading.Lock()  # one reading connection, shared by a server's threads
+        self._read = self._open(autocommit=True)
+        self._write: psycopg.Connection[Any] | None = None
+
+    def _open(self, autocommit: bool) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.url, autocommit=autocommit, prepare_threshold=None)
+        register_vector(conn)
+        return conn
+
+    def close(self) -> None:
+        if self._write is not None:
+            self._write.rollback()
+            self._write.close()
+            self._write = None
+        self._read.close()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _rows(self, query: sql.Composed | str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._read.execute(query, args).fetchall()
+
+    def _meta(self) -> tuple[int, int]:
+        """(chunks, total tokens) of the published knowledge base."""
+        rows = self._rows("SELECT n_chunks, total_len FROM kb_meta WHERE kb = %s", (self.kb,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def count(self) -> tuple[int, int]:
+        docs = self._rows("SELECT count(*) FROM kb_documents WHERE kb = %s", (self.kb,))
+        return int(docs[0][0]), self._meta()[0]
+
+    def doc_index(self) -> dict[str, tuple[str, str]]:
+        rows = self._rows(
+            "SELECT doc_id, content_hash, source FROM kb_documents WHERE kb = %s", (self.kb,)
+        )
+        return {d: (h, s) for d, h, s in rows}
+
+    def get_document(self, doc_id: str) -> Document | None:
+        rows = self._rows(
+            "SELECT doc_id, text, source, title, attributes, content_hash FROM kb_documents "
+            "WHERE kb = %s AND doc_id = %s",
+            (self.kb, doc_id),
+        )
+        if not rows:
+            return None
+        d, text, source, title, attrs, h = rows[0]
+        return Document(d, text, source, title, _attrs_from_list(attrs), h)
+
+    def get_chunks(self, chunk_ids: Sequence[str]) -> list[Chunk]:
+        """Chunks in the order of ``chunk_ids`` (unknown ids are left out)."""
+        if not chunk_ids:
+            return []
+        rows = self._rows(
+            f"SELECT {_CHUNK_COLUMNS} FROM kb_chunks WHERE kb = %s AND chunk_id = ANY(%s)",
+            (self.kb, list(chunk_ids)),
+        )
+        by_id = {c.chunk_id: c for c in map(_chunk, rows)}
+        return [by_id[i] for i in chunk_ids if i in by_id]
+
+    def dense_search(
+        self, vector: np.ndarray, k: int, where: Filter | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """Cosine similarity ``1 - (a <=> b)``: HNSW (approximate) unless ``exact``."""
+        if k <= 0:
+            return []
+        where_sql, where_args = filter_clause(where)
+        query = sql.SQL(
+            "SELECT {cols}, embedding::vector({dim}) <=> %s::vector({dim}) AS d FROM kb_chunks "
+            "WHERE kb = {kb} AND {where} ORDER BY d, row_id LIMIT %s"
+        ).format(
+            cols=sql.SQL(_CHUNK_COLUMNS),
+            dim=sql.Literal(self.dim),
+            kb=sql.Literal(self.kb),  # a literal, so the planner matches the partial index
+            where=where_sql,
+        )
+        vec = np.asarray(vector, dtype=np.float32)
+        with self._lock, self._read.transaction():
+            if self.exact:
+                self._read.execute("SET LOCAL enable_indexscan = off")
+            else:
+                self._read.execute(
+                    sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(self.ef_search))
+                )
+                self._read.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+            rows = self._read.execute(query, (vec, *where_args, k)).fetchall()
+        return [(_chunk(r[:-1]), 1.0 - float(r[-1])) for r in rows]
+
+    def keyword_search(
+        self, query: str, k: int, where: Filter | None = None, k1: float = 1.5, b: float = 0.75
+    ) -> list[tuple[Chunk, float]]:
+        """Lucene BM25 (see the module doc), best first, ties by insertion order."""
+        from ragtune.retrieve.bm25 import _check_params
+
+        _check_params(k1, b)
+        n, total = self._meta()
+        repeats = Counter(tokenize(query))
+        if k <= 0 or n == 0 or not repeats:
+            return []
+        terms = sorted(repeats)
+        dfs = self._rows(
+            "SELECT t, (SELECT count(*) FROM kb_chunks WHERE kb = %s AND tsv @@ "
+            "(quote_literal(t))::tsquery) FROM unnest(%s::text[]) AS t",
+            (self.kb, terms),
+        )
+        df = {t: int(c) for t, c in dfs if int(c) > 0}
+        if not df:
+            return []
+        found = sorted(df)
+        weights = idf(np.array([df[t] for t in found], dtype=np.float64), n) * np.array(
+            [repeats[t] for t in found], dtype=np.float64
+        )
+        matcher = " | ".join(tsquery_literal(t) for t in found)
+        where_sql, where_args = filter_clause(where)
+        query_sql = sql.SQL(
+            "SELECT {cols}, s.score FROM ("
+            " SELECT c.row_id, sum(w.weight * u.tf / (u.tf + %s * (1 - %s + %s * c.length / %s)))"
+            " AS score FROM kb_chunks c,"
+            " LATERAL (SELECT lexeme, array_length(positions, 1)::float8 AS tf"
+            "  FROM unnest(c.tsv)) u"
+            " JOIN unnest(%s::text[], %s::float8[]) AS w(term, weight) ON w.term = u.lexeme"
+            " WHERE c.kb = %s AND c.tsv @@ %s::tsquery AND {where}"
+            " GROUP BY c.row_id ORDER BY score DESC, c.row_id LIMIT %s"
+            ") s JOIN kb_chunks ch ON ch.kb = %s AND ch.row_id = s.row_id"
+            " ORDER BY s.score DESC, s.row_id"
+        ).format(cols=sql.SQL(_CHUNK_COLUMNS), where=where_sql)
+        avgdl = total / n
+        rows = self._rows(
+            query_sql,
+            (k1, b, b, avgdl, found, weights.tolist(), self.kb, matcher, *where_args, k, self.kb),
+        )
+        return [(_chunk(r[:-1]), float(r[-1])) for r in rows]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        """The open write transaction, begun by locking this knowledge base's meta row."""
+        if self._write is None:
+            conn = self._open(autocommit=False)
+            conn.execute(
+                "INSERT INTO kb_meta (kb, dim) VALUES (%s, %s) ON CONFLICT (kb) DO NOTHING",
+                (self.kb, self.dim),
+            )
+            row = conn.execute(
+                "SELECT dim FROM kb_meta WHERE kb = %s FOR UPDATE", (self.kb,)
+            ).fetchone()
+            if row is None or int(row[0]) != self.dim:
+                conn.rollback()
+                conn.close()
+                from ragtune.errors import RagtuneError
+
+                raise RagtuneError(
+                    f"Knowledge base {self.kb!r} in PostgreSQL has {row and row[0]}-d vectors, "
+                    f"not {self.dim}-d",
+                    "re-create it with the embedder it was built with, or use another name",
+                )
+            self._write = conn
+        return self._write
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        if not doc_ids:
+            return
+        w = self._writer()
+        row = w.execute(
+            "WITH gone AS (DELETE FROM kb_chunks WHERE kb = %s AND doc_id = ANY(%s) "
+            "RETURNING length) SELECT count(*), coalesce(sum(length), 0) FROM gone",
+            (self.kb, list(doc_ids)),
+        ).fetchone()
+        assert row is not None
+        w.execute(
+            "UPDATE kb_meta SET n_chunks = n_chunks - %s, total_len = total_len - %s WHERE kb = %s",
+            (row[0], row[1], self.kb),
+        )
+        w.execute(
+            "DELETE FROM kb_documents WHERE kb = %s AND doc_id = ANY(%s)",
+            (self.kb, list(doc_ids)),
+        )
+
+    def add(self, docs: Sequence[Document], chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        w = self._writer()
+        with w.cursor() as cur:
+            if docs:
+                with cur.copy(
+                    "COPY kb_documents (kb, doc_id, source, title, text, content_hash, "
+                    "attributes) FROM STDIN"
+                ) as copy:
+                    for d in docs:
+                        copy.write_row(
+                            (
+                                self.kb,
+                                d.doc_id,
+                                d.source,
+                                d.title,
+                                d.text,
+                                d.content_hash,
+                                _attrs_to_list(d.attributes),
+                            )
+                        )
+            if not chunks:
+                return
+            row = cur.execute(
+                "UPDATE kb_meta SET next_row = next_row + %s WHERE kb = %s RETURNING next_row",
+                (len(chunks), self.kb),
+            ).fetchone()
+            assert row is not None
+            first = int(row[0]) - len(chunks)
+            total = 0
+            vecs = np.asarray(vectors, dtype=np.float32)
+            with cur.copy(
+                "COPY kb_chunks (kb, row_id, chunk_id, doc_id, idx, text, start_at, end_at, "
+                "source, title, attributes, length, embedding, tsv) FROM STDIN"
+            ) as copy:
+                for i, c in enumerate(chunks):
+                    tokens = tokenize(index_text(c))
+                    total += len(tokens)
+                    copy.write_row(
+                        (
+                            self.kb,
+                            first + i,
+                            c.chunk_id,
+                            c.doc_id,
+                            c.index,
+                            c.text,
+                            c.start,
+                            c.end,
+                            c.source,
+                            c.title,
+                            _attrs_to_list(c.attributes),
+                            len(tokens),
+                            vecs[i],
+                            tsvector_literal(tokens),
+                        )
+                    )
+            cur.execute(
+                "UPDATE kb_meta SET n_chunks = n_chunks + %s, total_len = total_len + %s "
+                "WHERE kb = %s",
+                (len(chunks), total, self.kb),
+            )
+
+    def commit(self) -> dict[str, Any]:
+        """Build this knowledge base's HNSW index if it has none, and publish."""
+        w = self._writer()
+        w.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        w.execute(
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {name} ON kb_chunks USING hnsw "
+                "((embedding::vector({dim})) vector_cosine_ops) "
+                "WITH (m = {m}, ef_construction = {efc}) WHERE kb = {kb}"
+            ).format(
+                name=sql.Identifier(_index_name(self.kb)),
+                dim=sql.Literal(self.dim),
+                m=sql.Literal(self.m),
+                efc=sql.Literal(self.ef_construction),
+                kb=sql.Literal(self.kb),
+            )
+        )
+        row = w.execute(
+            "UPDATE kb_meta SET version = version + 1 WHERE kb = %s RETURNING version", (self.kb,)
+        ).fetchone()
+        w.commit()
+        w.close()
+        self._write = None
+        assert row is not None
+        return {"backend": "postgresql", "kb": self.kb, "version": int(row[0])}
+
+
+def _chunk(r: Sequence[Any]) -> Chunk:
+    chunk_id, doc_id, idx, text, start, end, source, title, attrs = r
+    return Chunk(
+        chunk_id,
+        doc_id,
+        int(idx),
+        text,
+        int(start),
+        int(end),
+        source,
+        title,
+        _attrs_from_list(attrs),
+    )
+
+
+def copy_lance_store(src: LanceStore, dst: PgStore, batch: int = 2000) -> tuple[int, int]:
+    """Copy every document, chunk and vector of an embedded store into ``dst`` (staged; the
+    caller commits). Chunks go in the embedded keyword index's row order, so both backends
+    break score ties alike. Returns (documents, chunks) copied."""
+    docs = src.documents.to_lance().to_table().to_pydict()
+    documents = [
+        Document(d, t, s, ti, _attrs_from_list(a), h)
+        for d, t, s, ti, a, h in zip(
+            docs["doc_id"],
+            docs["text"],
+            docs["source"],
+            docs["title"],
+            docs["attributes"],
+            docs["content_hash"],
+            strict=True,
+        )
+    ]
+    dst.add(documents, [], np.zeros((0, dst.dim), dtype=np.float32))
+    table = src.chunks.to_lance().to_table(columns=[*src.CHUNK_COLUMNS, "attributes", "vector"])
+    rows = table.to_pydict()
+    chunks = src._chunks_from_rows(rows)
+    position = {c.chunk_id: i for i, c in enumerate(chunks)}
+    order = [position[c] for c in src.keywords.chunk_ids]
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32).reshape(
+        len(chunks), dst.dim
+    )
+    for start in range(0, len(order), batch):
+        part = order[start : start + batch]
+        dst.add([], [chunks[i] for i in part], vectors[part])
+    return len(documents), len(order)

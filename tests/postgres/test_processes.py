@@ -1,0 +1,195 @@
+"""Two `ragtune serve` processes and two `ragtune worker` processes sharing one PostgreSQL
+database (and one artefact folder): every job runs exactly once, and `kill -9` of the worker
+training a job lets the other worker finish it from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.postgres.conftest import new_database
+from tests.serve.conftest import chat_rows, jsonl
+
+pytestmark = pytest.mark.postgres
+KEY = "sk-shared"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    servers: list[str]  # base URLs
+    workers: list[subprocess.Popen[bytes]]
+    home: Path
+    url: str
+
+    def client(self, i: int):  # type: ignore[no-untyped-def]
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.servers[i], api_key=KEY, max_retries=0, timeout=60)
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {KEY}"})
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server at {base} did not start")
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    pg_server: str, tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path, tiny_embedder: Path
+) -> Iterator[Cluster]:
+    """Started once for this module (process start-up is the slow part); the kill test runs
+    last, as it leaves one worker."""
+    pg_url = new_database(pg_server)
+    home = tmp_path_factory.mktemp("shared-home")
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "RAGTUNE_HOME": str(home),
+        "RAGTUNE_DATABASE_URL": pg_url,
+        "RAGTUNE_API_KEYS": KEY,
+        "RAGTUNE_SERVE_MODEL": str(tiny_lm),
+        "RAGTUNE_SERVE_EMBEDDER": str(tiny_embedder),
+        "RAGTUNE_SERVE_EMBED_BACKEND": "torch",
+        "RAGTUNE_SERVE_DEVICE": "cpu",
+        "RAGTUNE_LEASE_SECONDS": "6",  # short, so the kill test waits little; beats every 2 s
+    }
+    cmd = [sys.executable, "-m", "ragtune.cli"]
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen([*cmd, "serve", "--workers", "0", "--port", str(p)], env=env)
+        for p in ports
+    ]
+    workers = [subprocess.Popen([*cmd, "worker"], env=env) for _ in range(2)]
+    try:
+        bases = [f"http://127.0.0.1:{p}/v1" for p in ports]
+        deadline = time.time() + 180
+        for base, proc in zip(bases, servers, strict=True):
+            wait_ready(base, proc, deadline)
+        yield Cluster(env, bases, workers, home, pg_url)
+    finally:
+        for p in [*servers, *workers]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*servers, *workers]:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def create_job(c: Cluster, server: int, file_id: str, epochs: int, batch: int) -> str:
+    job = c.client(server).fine_tuning.jobs.create(
+        model="tiny_lm0",
+        training_file=file_id,
+        seed=1,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": batch}},
+        },
+    )
+    return str(job.id)
+
+
+def wait_terminal(c: Cluster, job_ids: list[str], timeout: float = 240) -> dict[str, str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = {j: c.client(1).fine_tuning.jobs.retrieve(j).status for j in job_ids}
+        if all(s in ("succeeded", "failed", "cancelled") for s in status.values()):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"jobs not finished: {status}")
+
+
+def db_rows(url: str, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql.encode(), args).fetchall()
+
+
+def messages(url: str, job_id: str) -> list[str]:
+    rows = db_rows(url, "SELECT message FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,))
+    return [str(r[0]) for r in rows]
+
+
+def test_jobs_from_two_servers_run_exactly_once_on_two_workers(cluster: Cluster) -> None:
+    c = cluster
+    f = c.client(0).files.create(file=("t.jsonl", jsonl(chat_rows())), purpose="fine-tune")
+    assert c.client(1).files.retrieve(f.id).filename == "t.jsonl"  # seen through the other
+    jobs = [create_job(c, i % 2, f.id, epochs=1, batch=5) for i in range(4)]
+    assert wait_terminal(c, jobs) == dict.fromkeys(jobs, "succeeded")
+    for j in jobs:
+        log = messages(c.url, j)
+        assert log.count("Fine-tuning job started") == 1, log
+        assert log.count("The job has successfully completed") == 1, log
+        assert not any("resum" in m for m in log), log
+        job = c.client(0).fine_tuning.jobs.retrieve(j)
+        assert len(job.result_files) == 1
+    attempts = db_rows(c.url, "SELECT attempts, attempt FROM jobs")
+    assert sorted(attempts) == [(1, None)] * 4
+    results = db_rows(c.url, "SELECT count(*) FROM files WHERE purpose = 'fine-tune-results'")
+    assert results == [(4,)]
+
+
+def test_kill_9_of_the_training_worker_resumes_from_checkpoint(cluster: Cluster) -> None:
+    c = cluster
+    f = c.client(1).files.create(file=("t.jsonl", jsonl(chat_rows())), purpose="fine-tune")
+    job_id = create_job(c, 0, f.id, epochs=6, batch=1)  # 60 steps, a checkpoint every 10
+    checkpoints = c.home / "serve" / "runs" / job_id / "checkpoints"
+    deadline = time.time() + 180
+    holder: str | None = None
+    while time.time() < deadline:
+        rows = db_rows(c.url, "SELECT status, worker FROM jobs WHERE id = %s", (job_id,))
+        status, holder = str(rows[0][0]), rows[0][1]  # type: ignore[assignment]
+        assert status not in ("succeeded", "failed", "cancelled"), "finished before the kill"
+        if status == "running" and checkpoints.exists() and any(checkpoints.iterdir()):
+            break
+        time.sleep(0.05)
+    assert holder is not None
+    pid = int(holder.split(":")[1])
+    victim = next(w for w in c.workers if w.pid == pid)
+    os.kill(pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert wait_terminal(c, [job_id]) == {job_id: "succeeded"}
+    log = messages(c.url, job_id)
+    assert "The worker running this job stopped; resuming on another" in log
+    assert log.count("The job has successfully completed") == 1
+    rows = db_rows(c.url, "SELECT attempts, worker FROM jobs WHERE id = %s", (job_id,))
+    attempts, finisher = rows[0]
+    assert int(attempts) >= 2 and int(str(finisher).split(":")[1]) != pid  # type: ignore[call-overload]
+    run_events = [
+        json.loads(line)
+        for line in (c.home / "serve" / "runs" / job_id / "events.jsonl").read_text().splitlines()
+    ]
+    resumed = [e for e in run_events if str(e.get("message", "")).startswith("Resumed from step")]
+    assert resumed and all(int(e["step"]) >= 10 for e in resumed), resumed
+    job = c.client(0).fine_tuning.jobs.retrieve(job_id)
+    assert len(job.result_files) == 1
