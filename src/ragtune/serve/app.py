@@ -23,6 +23,7 @@ from ragtune.serve.routes import (
     vector_stores,
 )
 from ragtune.serve.state import Service, current_project
+from ragtune.serve.webapp import mount_web
 
 
 def create_app(
@@ -47,4 +48,5 @@ def create_app(
     auth = [Depends(current_project)]
     for module in (models, files, fine_tuning, chat, completions, embeddings, vector_stores):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
+    mount_web(app)
     return app
