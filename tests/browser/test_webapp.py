@@ -26,9 +26,23 @@ FACT = "The capital of Zorbland is Vetrin."
 
 
 def wait(driver: Any, what: Callable[[Any], Any], timeout: float = 60, message: str = "") -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(what, message)
+    # pages re-render lists while they poll, so an element found may be replaced at once
+    waiter = WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return waiter.until(what, message)
+
+
+def texts(driver: Any, selector: str) -> list[str]:
+    """The text of every match, read in one step (no stale elements)."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)", selector
+        )
+    )
 
 
 def css(driver: Any, selector: str) -> Any:
@@ -50,6 +64,8 @@ def use_key(driver: Any, server: Server, key: str, page: str) -> None:
     field.send_keys(key)
     css(driver, "#key-form button[type=submit]").click()
     wait(driver, lambda d: css(d, "#key-state").text == "Key accepted", 30, "key not accepted")
+    # the page has loaded this key's objects (so an empty list below means "none", not "not yet")
+    wait(driver, lambda d: css(d, "body").get_attribute("data-ready") == page, 30, "page not ready")
 
 
 def close_dialog(driver: Any) -> None:
@@ -82,11 +98,11 @@ def test_knowledge_upload_search_and_open_source(server: Server, browser: Any) -
     )
 
     def completed(d: Any) -> bool:
-        rows = all_css(d, "#store-files tr")
-        return len(rows) == 2 and all("completed" in r.text for r in rows)
+        rows = texts(d, "#store-files tr")
+        return len(rows) == 2 and all("completed" in r for r in rows)
 
     wait(browser, completed, 120, "the two documents were not ingested")
-    assert {r.text.split()[0] for r in all_css(browser, "#store-files tr")} == set(DOCS)
+    assert {r.split()[0] for r in texts(browser, "#store-files tr")} == set(DOCS)
     css(browser, "#search-q").send_keys("capital of Zorbland")
     css(browser, "#search-form button[type=submit]").click()
     wait(browser, lambda d: all_css(d, "#search-results li"), 30, "no search results")
@@ -205,6 +221,8 @@ def test_phone_width(server: Server, browser: Any) -> None:
 
 
 def test_second_key_sees_none_of_the_first_keys_objects(server: Server, browser: Any) -> None:
+    use_key(browser, server, KEY_A, "knowledge")  # the same page shows the first key's objects
+    assert all_css(browser, "#store-select option") and all_css(browser, "#store-files tr")
     use_key(browser, server, KEY_B, "knowledge")
     assert all_css(browser, "#store-select option") == []
     assert all_css(browser, "#store-files tr") == []

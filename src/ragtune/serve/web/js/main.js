@@ -30,7 +30,11 @@ async function show() {
   }
   if (current && current !== pages[page] && current.leave) current.leave();
   current = pages[page];
-  if (await checkKey()) await current.enter();
+  delete document.body.dataset.ready;
+  if (await checkKey()) {
+    await current.enter();
+    document.body.dataset.ready = page; // the page shows this key's objects now
+  }
 }
 
 function init() {
