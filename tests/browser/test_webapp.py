@@ -168,6 +168,10 @@ def test_fine_tuning_job_reaches_succeeded_with_loss_curve(
     assert "epochs 2" in css(browser, "#jd-hp").text
     assert "auto" not in css(browser, "#jd-hp").text  # the values auto became
     assert all_css(browser, "#jd-events li")
+    # what changed per module (ragtune diff through /v1/fine_tuning/jobs/{id}/diff)
+    wait(browser, lambda d: texts(d, "#jd-diff tr"), 60, "no diff shown")
+    assert "module(s) changed" in css(browser, "#jd-diff-total").text
+    assert any("lora" not in r and "%" in r for r in texts(browser, "#jd-diff tr"))
     screenshot(browser, "training")
 
 

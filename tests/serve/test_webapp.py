@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ragtune.serve.routes import vector_stores as routes
-from tests.serve.conftest import Served
+from tests.serve.conftest import KEY_B, Served, chat_rows, jsonl
 
 
 def test_index_and_assets_are_served_without_a_key(served: Served) -> None:
@@ -50,3 +50,29 @@ def test_search_accepts_hybrid_weights(served: Served, monkeypatch: pytest.Monke
     )
     assert ok.status_code == 200 and ok.json()["data"] == []
     assert seen == [(0.5, 1.0)]  # text weight -> BM25, embedding weight -> dense
+
+
+def test_job_diff_extension(served: Served) -> None:
+    f = served.client.post(
+        "/v1/files",
+        files={"file": ("t.jsonl", jsonl(chat_rows()), "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=served.headers(),
+    ).json()
+    body = {"model": "tiny_lm0", "training_file": f["id"], "hyperparameters": {"n_epochs": 1}}
+    job = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers()).json()
+    early = served.client.get(f"/v1/fine_tuning/jobs/{job['id']}/diff", headers=served.headers())
+    assert early.status_code == 409
+    served.run_worker()
+    r = served.client.get(f"/v1/fine_tuning/jobs/{job['id']}/diff?top=3", headers=served.headers())
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["object"] == "fine_tuning.job.diff" and d["base"] == "tiny_lm0"
+    assert d["tuned"].startswith("ft:tiny_lm0::") and len(d["modules"]) == 3
+    assert d["changed_modules"] > 0 and 0 < d["total"]["relative_change"] < 1
+    rel = [m["relative_change"] for m in d["modules"]]
+    assert rel == sorted(rel, reverse=True)  # largest change first
+    other = served.client.get(
+        f"/v1/fine_tuning/jobs/{job['id']}/diff", headers=served.headers(KEY_B)
+    )
+    assert other.status_code == 404

@@ -21,6 +21,7 @@ from ragtune.serve.routes import (
     fine_tuning,
     models,
     vector_stores,
+    weight_diff,
 )
 from ragtune.serve.state import Service, current_project
 from ragtune.serve.webapp import mount_web
@@ -46,7 +47,16 @@ def create_app(
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
     errors.install(app)
     auth = [Depends(current_project)]
-    for module in (models, files, fine_tuning, chat, completions, embeddings, vector_stores):
+    for module in (
+        models,
+        files,
+        fine_tuning,
+        weight_diff,
+        chat,
+        completions,
+        embeddings,
+        vector_stores,
+    ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     mount_web(app)
     return app

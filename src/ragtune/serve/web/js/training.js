@@ -6,6 +6,7 @@ import { drawCurve } from "./chart.js";
 const DONE = new Set(["succeeded", "failed", "cancelled"]);
 let watching = null; // job id shown in the detail card
 let timer = null;
+let diffShown = null; // job id whose diff is on the page
 
 // The API reports validation problems as one message: "...: line 3: [...] ...; line 7: ...".
 export function problems(message) {
@@ -64,13 +65,29 @@ async function refresh() {
   drawCurve($("#loss-chart"), points);
   $("#jd-events").replaceChildren(...oldest.filter((e) => e.type !== "metrics" || e === oldest.at(-1))
     .map((e) => el("li", { class: `level-${e.level}`, text: `${when(e.created_at)} ${e.message}` })));
+  if (job.status === "succeeded" && diffShown !== job.id) await showDiff(job.id);
   clearTimeout(timer);
   if (!DONE.has(job.status)) timer = setTimeout(() => refresh().catch(() => {}), 1000);
   else await loadJobs();
 }
 
+async function showDiff(id) {
+  const d = await get(`/fine_tuning/jobs/${id}/diff?top=12`);
+  if (id !== watching) return;
+  diffShown = id;
+  const pct = (x) => `${(100 * x).toPrecision(3)}%`;
+  $("#jd-diff-total").textContent = `${d.changed_modules} module(s) changed; ` +
+    `${d.total.changed_params} of ${d.total.params} weights; overall ${pct(d.total.relative_change)}` +
+    ` (largest changes first)`;
+  $("#jd-diff").replaceChildren(...d.modules.map((m) => el("tr", {},
+    el("td", { text: m.module }), el("td", { text: m.params }),
+    el("td", { text: pct(m.relative_change) }))));
+}
+
 async function watch(id) {
   watching = id;
+  diffShown = null;
+  $("#jd-diff").replaceChildren();
   $("#job-detail").hidden = false;
   await refresh();
   $("#job-detail").scrollIntoView({ block: "start" });
