@@ -140,7 +140,16 @@ def screenshot(driver: object, name: str) -> Path:
     """Save a full-width screenshot as a test artefact (and into docs/img/ when asked)."""
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTEFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    size = driver.get_window_size()  # type: ignore[attr-defined]
+    # the whole page: the window grows by what the page is taller than its viewport
+    extra = driver.execute_script(  # type: ignore[attr-defined]
+        "return document.documentElement.scrollHeight - window.innerHeight"
+    )
+    driver.set_window_size(size["width"], min(size["height"] + max(extra, 0), 4000))  # type: ignore[attr-defined]
+    try:
+        driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+    finally:
+        driver.set_window_size(size["width"], size["height"])  # type: ignore[attr-defined]
     if os.environ.get("RAGTUNE_DOCS_SCREENSHOTS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_IMG / path.name)

@@ -175,6 +175,27 @@ def test_fine_tuning_job_reaches_succeeded_with_loss_curve(
     screenshot(browser, "training")
 
 
+def test_a_running_job_shows_its_curve_growing_and_can_be_cancelled(
+    server: Server, browser: Any
+) -> None:
+    use_key(browser, server, KEY_A, "training")
+    css(browser, "#hp-epochs").clear()
+    css(browser, "#hp-epochs").send_keys("500")  # far longer than the test waits
+    css(browser, "#job-form button[type=submit]").click()
+    wait(browser, lambda d: css(d, "#jd-status").text == "running", 120, "job did not start")
+
+    def points(d: Any) -> int:
+        return int(css(d, "#loss-chart").get_attribute("data-points") or 0)
+
+    wait(browser, lambda d: points(d) >= 2, 120, "no steps drawn while running")
+    seen = points(browser)
+    wait(browser, lambda d: points(d) > seen, 60, "the curve did not grow while running")
+    assert css(browser, "#jd-eta").text not in ("", "—")  # an estimated finish while running
+    css(browser, "#jd-cancel").click()
+    wait(browser, lambda d: css(d, "#jd-status").text == "cancelled", 60, "job not cancelled")
+    assert css(browser, "#jd-cancel").get_attribute("disabled") is not None
+
+
 def test_playground_four_columns_with_a_citation(server: Server, browser: Any) -> None:
     use_key(browser, server, KEY_A, "playground")
     wait(browser, lambda d: css(d, "#play-model-ft").get_attribute("value").startswith("ft:"), 20)
