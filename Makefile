@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint format bench clean
+.PHONY: install demo test unit integration browser screenshots lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,15 @@ unit: install
 integration: install
 	$(VENV)/bin/pytest -q -m integration
 
-test: lint unit integration
+# The web app in a real headless Chromium (Debian's chromium + chromium-driver).
+browser: install
+	$(VENV)/bin/pytest -q -m browser
+
+# Retake docs/img/ screenshots of the web app (the browser tests take them).
+screenshots: install
+	RAGTUNE_DOCS_SCREENSHOTS=1 $(VENV)/bin/pytest -q -m browser
+
+test: lint unit integration browser
 
 bench: install
 	$(PY) bench/retrieval.py

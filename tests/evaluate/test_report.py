@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from ragtune.evaluate.report import write_report, write_verdict
+from tests.chromium import HEADLESS_FLAGS, chromium, profile_flag
 
 
 def canned() -> dict[str, Any]:
@@ -238,26 +238,15 @@ def test_report_files(tmp_path: Path) -> None:
     assert "for 7 of 98 documents" in results["verdict"]["knowledge"]
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     paths = write_report(canned(), tmp_path)
     shot = tmp_path / "shot.png"
     dom = subprocess.run(
         [
-            str(_chromium()),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            str(chromium()),
+            *HEADLESS_FLAGS,
+            profile_flag(tmp_path / "profile"),
             "--window-size=1200,3000",
             f"--screenshot={shot}",
             "--dump-dom",

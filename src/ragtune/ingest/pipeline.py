@@ -324,7 +324,7 @@ def _ingest(
         )
         _publish(folder, new, store, snapshot, report)
     report.seconds = time.perf_counter() - t0
-    return report
+    return report, writer
 
 
 def _publish(
@@ -350,7 +350,7 @@ def remove_documents(kb: str, doc_ids: Sequence[str]) -> IngestReport:
     t0 = time.perf_counter()
     folder = kb_path(kb)
     report = IngestReport(kb=kb)
-    with _writer_lock(folder, kb):
+    with writer_lock(folder, kb):
         manifest = _existing_manifest(folder, kb)
         if manifest is None:
             return report
@@ -362,7 +362,7 @@ def remove_documents(kb: str, doc_ids: Sequence[str]) -> IngestReport:
         else:
             report.documents, report.chunks = store.count()
     report.seconds = time.perf_counter() - t0
-    return report, writer
+    return report
 
 
 def _existing_manifest(folder: Path, name: str) -> dict[str, Any] | None:

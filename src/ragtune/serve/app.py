@@ -22,8 +22,10 @@ from ragtune.serve.routes import (
     models,
     responses,
     vector_stores,
+    weight_diff,
 )
 from ragtune.serve.state import Service, current_project
+from ragtune.serve.webapp import mount_web
 
 
 def create_app(
@@ -55,6 +57,7 @@ def create_app(
         models,
         files,
         fine_tuning,
+        weight_diff,
         chat,
         completions,
         embeddings,
@@ -62,4 +65,5 @@ def create_app(
         responses,
     ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
+    mount_web(app)
     return app

@@ -94,9 +94,17 @@ class FileUpdateParams(BaseModel):
     attributes: Attributes | None
 
 
+class HybridSearch(BaseModel):
+    """The Responses API's ``ranking_options.hybrid_search``, accepted by search too."""
+
+    embedding_weight: float = Field(ge=0.0)
+    text_weight: float = Field(ge=0.0)
+
+
 class RankingOptions(BaseModel):
     ranker: Literal["none", "auto", "default-2024-11-15"] | None = None
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    hybrid_search: HybridSearch | None = None  # ragtune extension on search
 
 
 class VectorStoreSearchParams(BaseModel):

@@ -430,6 +430,7 @@ async def search_vector_store(
     if not queries or not all(q.strip() for q in queries):
         raise APIError(400, "query must be a non-empty string or list of strings", "query")
     threshold = body.ranking_options.score_threshold if body.ranking_options else None
+    hybrid = body.ranking_options.hybrid_search if body.ranking_options else None
     hits = await run_in_threadpool(
         store_hits,
         service,
@@ -440,6 +441,8 @@ async def search_vector_store(
         body.max_num_results,
         body.filters,
         threshold,
+        hybrid.text_weight if hybrid else None,
+        hybrid.embedding_weight if hybrid else None,
     )
     return VectorStoreSearchPage(
         search_query=queries, data=[search_result(h) for h in hits]
