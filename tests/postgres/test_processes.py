@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ragtune.tune.checkpoint import list_checkpoints
 from tests.postgres.conftest import new_database
 from tests.serve.conftest import chat_rows, jsonl
 
@@ -170,7 +171,7 @@ def test_kill_9_of_the_training_worker_resumes_from_checkpoint(cluster: Cluster)
         rows = db_rows(c.url, "SELECT status, worker FROM jobs WHERE id = %s", (job_id,))
         status, holder = str(rows[0][0]), rows[0][1]  # type: ignore[assignment]
         assert status not in ("succeeded", "failed", "cancelled"), "finished before the kill"
-        if status == "running" and checkpoints.exists() and any(checkpoints.iterdir()):
+        if status == "running" and list_checkpoints(checkpoints):
             break
         time.sleep(0.05)
     assert holder is not None

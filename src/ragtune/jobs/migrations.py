@@ -53,7 +53,8 @@ CREATE INDEX jobs_waiting ON jobs (seq)
 CREATE TABLE job_events (
     seq BIGSERIAL PRIMARY KEY,
     id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at BIGINT NOT NULL,
-    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data JSONB
+    level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data JSONB,
+    at DOUBLE PRECISION NOT NULL DEFAULT 0
 );
 CREATE INDEX job_events_job ON job_events (job_id, seq);
 """,

@@ -184,11 +184,11 @@ class PostgresDB:
         """A job's lifecycle events, oldest first (the caller has checked the job's owner)."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT id, job_id, created_at, level, message, type, data FROM job_events "
+                "SELECT id, job_id, created_at, level, message, type, data, at FROM job_events "
                 "WHERE job_id = %s ORDER BY seq",
                 (job_id,),
             ).fetchall()
-        return [JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6])) for r in rows]
+        return [JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7]) for r in rows]
 
     # --- jobs: the worker side -----------------------------------------------------------
 
@@ -274,8 +274,8 @@ class PostgresDB:
 
 def _insert_event(db: psycopg.Connection[Any], e: JobEvent) -> None:
     db.execute(
-        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (
             e.id,
             e.job_id,
@@ -284,6 +284,7 @@ def _insert_event(db: psycopg.Connection[Any], e: JobEvent) -> None:
             e.message,
             e.type,
             dumps(e.data),
+            e.at,
         ),
     )
 

@@ -58,13 +58,13 @@ def migrate_service(settings: ServiceSettings, url: str) -> list[TableReport]:
         return []
     SqliteDB(settings.database)  # brings an older file to the current schema
     target = PostgresDB(url)
-    events_sql = "SELECT id, job_id, created_at, level, message, type, data FROM job_events"
+    events_sql = "SELECT id, job_id, created_at, level, message, type, data, at FROM job_events"
     src = sqlite3.connect(settings.database)
     try:
         files = [_file(r) for r in src.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY seq")]
         jobs = [_job(r) for r in src.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq")]
         events = [
-            JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
+            JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7])
             for r in src.execute(events_sql + " ORDER BY seq")
         ]
     finally:
@@ -84,7 +84,7 @@ def migrate_service(settings: ServiceSettings, url: str) -> list[TableReport]:
         ]
         got_jobs = [_job(r) for r in conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq")]
         got_events = [
-            JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]))
+            JobEvent(r[0], r[1], r[2], r[3], r[4], r[5], loads(r[6]), r[7])
             for r in conn.execute((events_sql + " ORDER BY seq").encode())
         ]
     return [

@@ -60,8 +60,11 @@ def list_checkpoints(folder: Path) -> list[Path]:
 def clean_partial(folder: Path) -> None:
     """Remove temporary files left by a write that was killed."""
     if folder.is_dir():
-        for p in folder.glob(".step-*.tmp-*"):
-            p.unlink(missing_ok=True)
+        # ragtune.io.write_atomic's temporary names (".step-N.pt.XXXX.tmp"), and the older
+        # ".step-N.pt.tmp-PID" form.
+        for pattern in (".step-*.tmp", ".step-*.tmp-*"):
+            for p in folder.glob(pattern):
+                p.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
