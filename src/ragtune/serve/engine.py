@@ -217,6 +217,20 @@ class Engine:
             raise
         return RequestHandle(h, gen.eos_ids, params.logprobs)
 
+    def complete(
+        self, requests: list[tuple[str, SamplingParams]], model: str | None = None
+    ) -> list[Completion]:
+        """Submit every (prompt, params) at once, so they decode in one batch, and wait for
+        all; if one cannot be submitted, the ones already queued are cancelled."""
+        handles: list[RequestHandle] = []
+        try:
+            for prompt, params in requests:
+                handles.append(self.submit(prompt, params, model))
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                h.cancel()  # a no-op for finished requests
+
     def _target(self, name: str | None) -> tuple[Generator, str | None, _Full | None]:
         base = self.base
         if name is None:
