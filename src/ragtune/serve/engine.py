@@ -182,7 +182,9 @@ class Engine:
         with self._lock:
             old = self._models.get(name)
             self._models[name] = (kind, path)
-            full = self._full.pop(name, None) if old is not None else None
+            full = self._full.pop(name, None)
+        if old is not None and old[0] == "adapter" and kind == "full":
+            self.base.remove_adapter(name)
         if full is not None:
             self._retire(full)
 
@@ -249,11 +251,13 @@ class Engine:
                 return full.generator, None, full
         full = _Full(_load_full(self.base_path, path, self.device))  # outside the lock: slow
         with self._lock:
-            if name in self._full:  # another thread loaded it meanwhile
+            spare = None
+            if self._models.get(name) != entry:  # removed or replaced meanwhile: use once
+                full.evicted = True
+            elif name in self._full:  # another thread loaded it meanwhile
                 spare, full = full, self._full[name]
                 self._full.move_to_end(name)
             else:
-                spare = None
                 self._full[name] = full
             full.running += 1
             evicted = []
