@@ -18,6 +18,7 @@ class SamplingParams:
     seed: int | None = None  # reproducible per request when set
     stop: tuple[str, ...] = ()  # stop strings; output is cut before the first one
     logprobs: bool = False  # log-probability of each chosen token
+    top_logprobs: int = 0  # with logprobs: the most likely alternatives per position
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class TokenDelta:
     text: str  # new text since the previous delta (may be "")
     token_id: int
     logprob: float | None
+    token: str = ""  # the token's own text (with logprobs)
+    top: tuple[tuple[str, float], ...] = ()  # (token text, logprob), top_logprobs of them
 
 
 @dataclass(frozen=True)

@@ -227,14 +227,25 @@ class Scheduler:
             token = greedy
         else:
             token = sample_token(logits, p, req.rng)
-        lp = float(torch.log_softmax(logits, -1)[token].item()) if p.logprobs else None
+        lp: float | None = None
+        piece = ""
+        top: tuple[tuple[str, float], ...] = ()
+        if p.logprobs:
+            logp = torch.log_softmax(logits, -1)
+            lp, piece = float(logp[token].item()), str(self.tok.decode([token]))
+            if p.top_logprobs > 0:
+                values, idx = logp.topk(p.top_logprobs)
+                top = tuple(
+                    (str(self.tok.decode([i])), v)
+                    for v, i in zip(values.tolist(), idx.tolist(), strict=True)
+                )
         if token in self.eos:
-            self._send(req, TokenDelta(req.detok.finish(), token, lp))
+            self._send(req, TokenDelta(req.detok.finish(), token, lp, piece, top))
             self._end(req, "eos")
             return
         req.tokens.append(token)
         if lp is not None:
-            req.logprobs.append((str(self.tok.decode([token])), lp))
+            req.logprobs.append((piece, lp))
         text = req.detok.add(token)
         finish: Finish | None = None
         if req.detok.stopped:
@@ -243,7 +254,7 @@ class Scheduler:
             finish = "length"
         if finish is not None:
             text += req.detok.finish()
-        self._send(req, TokenDelta(text, token, lp))
+        self._send(req, TokenDelta(text, token, lp, piece, top))
         if finish is not None:
             self._end(req, finish)
         else:

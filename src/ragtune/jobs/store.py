@@ -83,6 +83,15 @@ class JobEvent:
     at: float = 0.0  # unix time with sub-second precision: the order of events
 
 
+def newest_first(*sources: list[JobEvent]) -> list[JobEvent]:
+    """Events from several sources, each oldest first, merged newest first by their
+    sub-second ``at``; events with the same ``at`` keep their source's order, reversed
+    (a plain ``sort(reverse=True)`` would keep ties oldest first)."""
+    events = [e for source in sources for e in source]
+    order = sorted(range(len(events)), key=lambda i: (events[i].at, i), reverse=True)
+    return [events[i] for i in order]
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job a worker now holds: only the holder of ``attempt`` may heartbeat or finish it."""

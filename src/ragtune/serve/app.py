@@ -1,4 +1,5 @@
-"""The FastAPI application: one router per resource, the engine owned by the lifespan."""
+"""The FastAPI application: one router per resource; the engine (one base generator,
+fine-tuned models as adapters on it) loaded and closed by the lifespan."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def create_app(
     re-raising the signal that stopped it, so code after ``uvicorn.run`` may never run)."""
     settings = settings or ServiceSettings.from_env()
     keys = keys or load_keys(api_keys_env, settings.keys_file)
+    owned = engine is None  # an engine the caller passes in is the caller's to close
     engine = engine or Engine(settings.base_model, device=settings.device)
 
     @asynccontextmanager
@@ -46,9 +48,13 @@ def create_app(
         db, objects = open_backend(settings)
         engine.load()
         app.state.service = Service(settings, db, objects, engine, keys)
-        yield
-        if on_shutdown is not None:
-            on_shutdown()
+        try:
+            yield
+        finally:
+            if owned:
+                engine.close()  # the base generator and every full fine-tune's
+            if on_shutdown is not None:
+                on_shutdown()
 
     app = FastAPI(title="ragtune", version=__version__, lifespan=lifespan)
     errors.install(app)

@@ -1,54 +1,46 @@
-"""The one module between the API routes and the generation engine.
+"""The one module between the API routes and the shared generator.
 
 The routes call exactly this surface: :meth:`Engine.submit` (a prompt, :class:`SamplingParams`,
 a model name) returning a :class:`RequestHandle` that streams :class:`TokenDelta` and ends in
-a :class:`Completion`; :meth:`Engine.add_model` to make a fine-tuned run servable;
-``count_tokens`` and ``tokenizer``. The names follow the generator contract
-(``/work/wt/GENERATOR_CONTRACT.md``: ``Generator.submit(prompt, params, adapter)`` and
-``add_adapter``).
+a :class:`Completion`; :meth:`Engine.add_model` / :meth:`Engine.remove_model` to make a
+fine-tuned model servable or not; ``count_tokens`` and ``tokenizer``.
 
-Today it runs on the existing :class:`ragtune.generate.engine.Generator` (which only decodes
-greedily in batches): each request is decoded here, one at a time per model, by a small
-sampling loop with a KV cache (temperature, top-p, a per-request seed, log-probabilities,
-streaming). A fine-tuned run is served from its merged weights as its own model, kept in a
-small LRU. Swapping onto the contract: ``submit`` becomes
-``self._base.submit(prompt, params, adapter=name)`` and ``add_model`` becomes
-``self._base.add_adapter(name, run_dir)`` (full fine-tunes stay separate generators).
+Everything decodes on :class:`ragtune.generate.engine.Generator` (continuous batching,
+see ``docs/generate.md``):
+
+- the base model is one Generator, loaded by the app's lifespan (:meth:`Engine.load`);
+- a LoRA run is an unmerged adapter on that base (``Generator.add_adapter``): it loads on
+  first use and the generator evicts the least recently used past its ``max_adapters``;
+  requests for the base and for any number of adapters share one batch;
+- a LoRA run's checkpoint (``ft:...:ckpt-step-N``, a ``.pt`` training checkpoint) is
+  exported once to a PEFT adapter folder next to it (``checkpoints/step-N.adapter/``) and
+  then served like a run;
+- a full fine-tune, or a checkpoint of one, is its own Generator (weights merged into a
+  model), at most :data:`MAX_FULL` of them loaded, least recently used closed first (after
+  its running requests finish).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ragtune.errors import RagtuneError
-from ragtune.generate.engine import Generator, cut_at_stop
+from ragtune.generate.engine import DEFAULT_MAX_ADAPTERS, DEFAULT_SLOTS, Generator
+from ragtune.generate.sampling import SamplingParams, TokenDelta
+from ragtune.io import write_json_atomic
 
-MAX_LOADED = 4  # fine-tuned models kept in memory at once (least recently used evicted)
+__all__ = ["Completion", "Engine", "RequestHandle", "SamplingParams", "TokenDelta"]
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-    top_logprobs: int = 0  # ragtune extension of the contract: alternatives per position
-
-
-@dataclass(frozen=True)
-class TokenDelta:
-    text: str  # new text since the previous delta (may be "")
-    token_id: int
-    logprob: float | None
-    token: str = ""  # the token's own text
-    top: tuple[tuple[str, float], ...] = ()
+MAX_FULL = 2  # full fine-tunes kept loaded as their own generators (LRU)
+FULL_SLOTS = 4  # concurrent requests per full fine-tune (each slot is a KV cache)
+EXPORT_FORMAT_VERSION = 1  # of checkpoints/step-N.adapter/ragtune_export.json
 
 
 @dataclass(frozen=True)
@@ -57,251 +49,321 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
-    token_logprobs: list[TokenDelta] | None = None
+    token_logprobs: list[TokenDelta] | None = None  # the chosen tokens' deltas, with logprobs
 
 
-@dataclass
 class RequestHandle:
-    """Decodes lazily in the thread that iterates it (a server thread, not the event loop)."""
+    """A request on the generator: iterate for deltas (in a server thread, not the event
+    loop), or wait for :meth:`result`. The end-of-sequence token is not reported as a token:
+    its delta carries only the remaining text, with ``token_id`` -1."""
 
-    _run: Iterator[TokenDelta]
-    _done: list[Completion] = field(default_factory=list)
+    def __init__(self, handle: Any, eos: set[int], logprobs: bool) -> None:
+        self._handle, self._eos, self._logprobs = handle, eos, logprobs
+        self._deltas: list[TokenDelta] = []
+        self._it: Iterator[TokenDelta] | None = None
 
     def __iter__(self) -> Iterator[TokenDelta]:
-        return self._run
+        if self._it is None:
+            self._it = self._run()
+        return self._it
+
+    def _run(self) -> Iterator[TokenDelta]:
+        for d in self._handle:
+            if d.token_id in self._eos:
+                yield TokenDelta(d.text, -1, None)
+                continue
+            if self._logprobs:
+                self._deltas.append(d)
+            yield d
 
     def result(self) -> Completion:
-        for _ in self._run:
+        for _ in self:  # the deltas not read yet (they carry the logprobs)
             pass
-        return self._done[0]
+        c = self._handle.result()
+        return Completion(
+            text=c.text,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            finish_reason=c.finish_reason,
+            token_logprobs=list(self._deltas) if self._logprobs else None,
+        )
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
-class _Model:
+class _Full:
+    """A full fine-tune's own generator; closed once evicted and idle."""
+
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
-        self.lock = threading.Lock()
+        self.running = 0
+        self.evicted = False
 
 
 class Engine:
-    def __init__(self, base: str = "default", device: str = "auto") -> None:
+    def __init__(
+        self,
+        base: str = "default",
+        device: str = "auto",
+        *,
+        slots: int = DEFAULT_SLOTS,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
+    ) -> None:
         self.base_path = base
         self.device = device
-        self._base: _Model | None = None
-        self._paths: dict[str, Path] = {}  # name -> run folder or checkpoint file
-        self._loaded: OrderedDict[str, _Model] = OrderedDict()
+        self.slots = slots
+        self.max_adapters = max_adapters
+        self._base: Generator | None = None
+        self._models: dict[str, tuple[Literal["adapter", "full"], Path]] = {}
+        self._full: OrderedDict[str, _Full] = OrderedDict()
         self._lock = threading.Lock()
 
     def load(self) -> Engine:
-        if self._base is None:
-            self._base = _Model(Generator.load(self.base_path, device=self.device, dtype="float32"))
+        with self._lock:
+            if self._base is None:
+                self._base = Generator.load(
+                    self.base_path,
+                    device=self.device,
+                    dtype="float32",
+                    slots=self.slots,
+                    max_adapters=self.max_adapters,
+                )
         return self
 
     @property
+    def base(self) -> Generator:
+        """The base generator (every adapter is registered on it)."""
+        self.load()
+        assert self._base is not None
+        return self._base
+
+    def close(self) -> None:
+        """Stop every generator's scheduler thread (requests still running fail)."""
+        with self._lock:
+            gens = [f.generator for f in self._full.values()]
+            self._full.clear()
+            if self._base is not None:
+                gens.append(self._base)
+            self._base = None
+            self._models.clear()
+        for g in gens:
+            g.close()
+
+    @property
     def tokenizer(self) -> Any:
-        return self.load()._model(None).generator.tokenizer
+        return self.base.tokenizer
 
     def count_tokens(self, text: str) -> int:
-        return self.load()._model(None).generator.count_tokens(text)
+        return self.base.count_tokens(text)
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Servable fine-tuned models and how each is served ("adapter" or "full")."""
+        with self._lock:
+            return {name: kind for name, (kind, _) in self._models.items()}
 
     def add_model(self, name: str, path: Path) -> None:
         """Make a fine-tuned model servable under ``name``: a run folder, or a checkpoint
-        file ``RUN/checkpoints/step-N.pt`` of a run."""
+        file ``RUN/checkpoints/step-N.pt`` of a run. Cheap when already added."""
+        path = Path(path)
         with self._lock:
-            self._paths[name] = Path(path)
+            if name in self._models and self._models[name][1] == path:
+                return
+        kind: Literal["adapter", "full"] = "full"
+        source = path
+        if path.is_dir():
+            if _has_adapter(path):
+                kind = "adapter"
+        elif _checkpoint_is_lora(path):
+            kind, source = "adapter", export_checkpoint_adapter(path)
+        if kind == "adapter":
+            self.base.add_adapter(name, source)
+        with self._lock:
+            old = self._models.get(name)
+            self._models[name] = (kind, path)
+            full = self._full.pop(name, None)
+        if old is not None and old[0] == "adapter" and kind == "full":
+            self.base.remove_adapter(name)
+        if full is not None:
+            self._retire(full)
 
     def remove_model(self, name: str) -> None:
         with self._lock:
-            self._paths.pop(name, None)
-            self._loaded.pop(name, None)
+            entry = self._models.pop(name, None)
+            full = self._full.pop(name, None)
+        if entry is not None and entry[0] == "adapter":
+            self.base.remove_adapter(name)
+        if full is not None:
+            self._retire(full)
 
     def submit(
         self, prompt: str, params: SamplingParams, model: str | None = None
     ) -> RequestHandle:
-        """Decode ``prompt`` with ``model`` (None: the base). Raises RagtuneError when the
+        """Queue ``prompt`` for ``model`` (None: the base). Raises RagtuneError when the
         prompt plus ``max_tokens`` does not fit the context."""
-        m = self.load()._model(model)
-        ids = list(m.generator.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if len(ids) + params.max_tokens > m.generator.max_context:
-            raise RagtuneError(
-                f"The prompt has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
-                f"exceeds the model's context of {m.generator.max_context}",
-                "shorten the messages or lower max_tokens",
-            )
-        done: list[Completion] = []
-        return RequestHandle(_decode(m, ids, params, done), done)
+        gen, adapter, full = self._target(model)  # a full fine-tune counts this request
+        try:
+            ids = list(gen.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            if len(ids) + params.max_tokens > gen.max_context:
+                raise RagtuneError(
+                    f"The prompt has {len(ids)} tokens; with max_tokens {params.max_tokens} "
+                    f"it exceeds the model's context of {gen.max_context}",
+                    "shorten the messages or lower max_tokens",
+                )
+            done = None if full is None else (lambda: self._done(full))
+            h = gen.submit(ids, params, adapter, on_done=done)
+        except BaseException:
+            if full is not None:
+                self._done(full)
+            raise
+        return RequestHandle(h, gen.eos_ids, params.logprobs)
 
-    def _model(self, name: str | None) -> _Model:
+    def complete(
+        self, requests: list[tuple[str, SamplingParams]], model: str | None = None
+    ) -> list[Completion]:
+        """Submit every (prompt, params) at once, so they decode in one batch, and wait for
+        all; if one cannot be submitted, the ones already queued are cancelled."""
+        handles: list[RequestHandle] = []
+        try:
+            for prompt, params in requests:
+                handles.append(self.submit(prompt, params, model))
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                h.cancel()  # a no-op for finished requests
+
+    def _target(self, name: str | None) -> tuple[Generator, str | None, _Full | None]:
+        base = self.base
         if name is None:
-            assert self._base is not None
-            return self._base
+            return base, None, None
         with self._lock:
-            if name in self._loaded:
-                self._loaded.move_to_end(name)
-                return self._loaded[name]
-            path = self._paths.get(name)
-            if path is None:
+            entry = self._models.get(name)
+            if entry is None:
                 raise RagtuneError(f"The model {name} is not loaded")
-            model = _Model(_load_finetuned(self.base_path, path, self.device))
-            self._loaded[name] = model
-            while len(self._loaded) > MAX_LOADED:
-                self._loaded.popitem(last=False)
-            return model
+            kind, path = entry
+            if kind == "adapter":
+                return base, name, None
+            full = self._full.get(name)
+            if full is not None:
+                self._full.move_to_end(name)
+                full.running += 1
+                return full.generator, None, full
+        full = _Full(_load_full(self.base_path, path, self.device))  # outside the lock: slow
+        with self._lock:
+            spare = None
+            if self._models.get(name) != entry:  # removed or replaced meanwhile: use once
+                full.evicted = True
+            elif name in self._full:  # another thread loaded it meanwhile
+                spare, full = full, self._full[name]
+                self._full.move_to_end(name)
+            else:
+                self._full[name] = full
+            full.running += 1
+            evicted = []
+            while len(self._full) > MAX_FULL:
+                evicted.append(self._full.popitem(last=False)[1])
+        for f in evicted:
+            self._retire(f)
+        if spare is not None:
+            spare.generator.close()
+        return full.generator, None, full
+
+    def _retire(self, full: _Full) -> None:
+        with self._lock:
+            full.evicted = True
+            idle = full.running == 0
+        if idle:
+            full.generator.close()
+
+    def _done(self, full: _Full) -> None:  # from the generator's thread
+        with self._lock:
+            full.running -= 1
+            idle = full.evicted and full.running == 0
+        if idle:
+            full.generator.close()
 
 
-def _load_finetuned(base: str, path: Path, device: str) -> Generator:
-    if path.is_dir():  # a finished run: its merged model
-        return Generator.load(str(path), device=device, dtype="float32")
-    return _load_checkpoint(base, path, device)
+def _has_adapter(path: Path) -> bool:
+    return (path / "adapter" / "adapter_config.json").exists() or (
+        path / "adapter_config.json"
+    ).exists()
 
 
-def _load_checkpoint(base: str, path: Path, device: str) -> Generator:
-    """A run's checkpoint as a model: the base, the run's LoRA layers (if any), the trained
-    parameters from the checkpoint, merged."""
-    import torch
-
-    from ragtune.models import load_lm, pick_device
-    from ragtune.tune.checkpoint import load_checkpoint
+def _run_lora(run_dir: Path) -> dict[str, Any] | None:
+    """The run's LoRA hyperparameters (rank, alpha, dropout), None for a full fine-tune."""
     from ragtune.tune.events import read_manifest
-    from ragtune.tune.lora import apply_lora
 
-    run_dir = path.parent.parent
     manifest = read_manifest(run_dir)
     if manifest is None:
         raise RagtuneError(f"{run_dir} is not a ragtune run")
-    loaded, tokenizer = load_lm(base, device="cpu", dtype="float32")
-    model: Any = loaded
-    lora = manifest["hyperparameters"].get("lora")
-    if lora:
-        model = apply_lora(model, lora["rank"], lora["alpha"], lora["dropout"])
-    state = load_checkpoint(path)["trainable"]
+    lora: dict[str, Any] | None = manifest["hyperparameters"].get("lora")
+    return lora or None
+
+
+def _checkpoint_is_lora(path: Path) -> bool:
+    return _run_lora(path.parent.parent) is not None
+
+
+def export_checkpoint_adapter(path: Path) -> Path:
+    """A LoRA run's training checkpoint ``RUN/checkpoints/step-N.pt`` as a PEFT adapter
+    folder ``RUN/checkpoints/step-N.adapter`` (written once, atomically; reused after)."""
+    from safetensors.torch import save_file
+
+    from ragtune.tune.checkpoint import load_checkpoint
+
+    out = path.with_suffix(".adapter")
+    if (out / "adapter_model.safetensors").exists():
+        return out
+    run_dir = path.parent.parent
+    lora = _run_lora(run_dir)
+    assert lora is not None
+    state = load_checkpoint(path)
+    # PEFT's saved names drop the adapter name (".default") that live parameters carry
+    tensors = {
+        k.replace(".default.weight", ".weight"): v.contiguous()
+        for k, v in state["trainable"].items()
+    }
+    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": int(lora["rank"]),
+        "lora_alpha": lora["alpha"],
+        "lora_dropout": lora["dropout"],
+        "target_modules": targets,
+        "bias": "none",
+    }
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "adapter_model.safetensors"))
+    write_json_atomic(tmp / "adapter_config.json", config)
+    write_json_atomic(
+        tmp / "ragtune_export.json",
+        {"format_version": EXPORT_FORMAT_VERSION, "checkpoint": path.name, "step": state["step"]},
+    )
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another thread or process exported it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _load_full(base: str, path: Path, device: str) -> Generator:
+    """A full fine-tune as its own generator: a finished run's merged model, or the base
+    with a checkpoint's trained weights copied in."""
+    if path.is_dir():
+        return Generator.load(str(path), device=device, dtype="float32", slots=FULL_SLOTS)
+    import torch
+
+    from ragtune.models import load_lm
+    from ragtune.tune.checkpoint import load_checkpoint
+
+    model, tokenizer = load_lm(base, device=device, dtype="float32")
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in state.items():
+        for name, value in load_checkpoint(path)["trainable"].items():
             params[name].copy_(value)
-    if lora:
-        model = model.merge_and_unload()
-    model.to(pick_device(device))
     model.eval()
-    return Generator(model, tokenizer, name=str(path))
-
-
-def _decode(
-    m: _Model, ids: list[int], params: SamplingParams, done: list[Completion]
-) -> Iterator[TokenDelta]:
-    """Sample up to ``max_tokens`` tokens after ``ids``; yields text as it becomes final.
-
-    Sampling: temperature scaling, then nucleus (top-p) filtering (Holtzman et al. 2020,
-    arXiv:1904.09751): keep the smallest set of most likely tokens whose mass reaches p.
-    Text that may be the start of a stop string is held back until it is not.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    gen = m.generator
-    tok = gen.tokenizer
-    eos = tok.eos_token_id
-    stops = [s for s in params.stop if s]
-    rng = torch.Generator()
-    if params.seed is not None:
-        rng.manual_seed(params.seed)
-    else:
-        rng.seed()
-    new: list[int] = []
-    logged: list[TokenDelta] = []
-    emitted = ""
-    finish: Literal["stop", "length"] = "length"
-    with m.lock, torch.inference_mode():
-        dev = gen.device
-        cache = DynamicCache(config=gen.model.config)
-        out = gen.model(
-            input_ids=torch.tensor([ids], device=dev),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        for _ in range(params.max_tokens):
-            logits = out.logits[0, -1].float()  # (V,)
-            logp = torch.log_softmax(logits, -1)
-            token = _choose(logits, params, rng)
-            if token == eos:
-                finish = "stop"
-                break
-            new.append(token)
-            text = tok.decode(new, skip_special_tokens=True)
-            cut, hit = cut_at_stop(text, stops)
-            delta = TokenDelta(
-                text="",
-                token_id=token,
-                logprob=float(logp[token]) if params.logprobs else None,
-                token=tok.decode([token], skip_special_tokens=True),
-                top=_top(logp, params.top_logprobs, tok) if params.logprobs else (),
-            )
-            if hit:
-                finish = "stop"
-                piece = cut[len(emitted) :]
-                emitted = cut
-                logged.append(delta)
-                yield _with_text(delta, piece)
-                break
-            ready = len(text) - _held_back(text, stops)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
-                ready = min(ready, len(text) - 1)
-            piece = text[len(emitted) : ready] if ready > len(emitted) else ""
-            emitted += piece
-            logged.append(delta)
-            yield _with_text(delta, piece)
-            out = gen.model(
-                input_ids=torch.tensor([[token]], device=dev), past_key_values=cache, use_cache=True
-            )
-        else:
-            finish = "length"
-    final, _ = cut_at_stop(tok.decode(new, skip_special_tokens=True), stops)
-    if len(final) > len(emitted):
-        yield TokenDelta(text=final[len(emitted) :], token_id=-1, logprob=None)
-    done.append(
-        Completion(
-            text=final,
-            prompt_tokens=len(ids),
-            completion_tokens=len(new),
-            finish_reason=finish,
-            token_logprobs=logged if params.logprobs else None,
-        )
-    )
-
-
-def _with_text(delta: TokenDelta, text: str) -> TokenDelta:
-    return TokenDelta(text, delta.token_id, delta.logprob, delta.token, delta.top)
-
-
-def _choose(logits: Any, params: SamplingParams, rng: Any) -> int:
-    import torch
-
-    if params.temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / params.temperature, -1)  # (V,)
-    if params.top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < params.top_p  # mass before each token < p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=rng))
-
-
-def _top(logp: Any, k: int, tok: Any) -> tuple[tuple[str, float], ...]:
-    if k <= 0:
-        return ()
-    values, idx = logp.topk(k)
-    return tuple(
-        (tok.decode([int(i)], skip_special_tokens=True), float(v))
-        for v, i in zip(values, idx, strict=True)
-    )
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that is the start of a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
+    return Generator(model, tokenizer, name=str(path), slots=FULL_SLOTS)

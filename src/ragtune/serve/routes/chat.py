@@ -159,7 +159,7 @@ def create_chat_completion(
             ),
             media_type="text/event-stream",
         )
-    results = [_run(service, name, prompt, nth_choice(params, i)) for i in range(n)]
+    results = service.engine.complete([(prompt, nth_choice(params, i)) for i in range(n)], name)
     return ChatCompletion(
         id=ident,
         created=created,
@@ -186,11 +186,6 @@ def nth_choice(params: SamplingParams, i: int) -> SamplingParams:
     from dataclasses import replace
 
     return replace(params, seed=params.seed + i)
-
-
-def _run(service: Any, name: str | None, prompt: str, params: SamplingParams) -> Completion:
-    result: Completion = service.engine.submit(prompt, params, name).result()
-    return result
 
 
 def _usage(results: list[Completion]) -> CompletionUsage:
@@ -221,18 +216,22 @@ def _stream(
         )
         return sse(c.model_dump(exclude_none=not include_usage))
 
-    for i, handle in enumerate(handles):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}}])
-        started = False
-        for d in handle:
-            text = d.text if started else d.text.lstrip()
-            started = started or bool(text)
-            if text or d.logprob is not None:
-                lp = token_logprobs([d]) if logprobs and d.token_id >= 0 else None
-                yield chunk([{"index": i, "delta": {"content": text}, "logprobs": lp}])
-        result = handle.result()
-        results.append(result)
-        yield chunk([{"index": i, "delta": {}, "finish_reason": result.finish_reason}])
+    try:
+        for i, handle in enumerate(handles):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}}])
+            started = False
+            for d in handle:
+                text = d.text if started else d.text.lstrip()
+                started = started or bool(text)
+                if text or d.logprob is not None:
+                    lp = token_logprobs([d]) if logprobs and d.token_id >= 0 else None
+                    yield chunk([{"index": i, "delta": {"content": text}, "logprobs": lp}])
+            result = handle.result()
+            results.append(result)
+            yield chunk([{"index": i, "delta": {}, "finish_reason": result.finish_reason}])
+    finally:  # the client went away: free the slots
+        for handle in handles:
+            handle.cancel()
     if include_usage:
         yield chunk([], _usage(results))
     yield "data: [DONE]\n\n"

@@ -73,11 +73,13 @@ def create_completion(
             ),
             media_type="text/event-stream",
         )
-    choices, results = [], []
+    choices = []
+    results = service.engine.complete(
+        [(prompt, nth_choice(params, i)) for prompt in prompts for i in range(n)], name
+    )
     for p_i, prompt in enumerate(prompts):
         for i in range(n):
-            r = service.engine.submit(prompt, nth_choice(params, i), name).result()
-            results.append(r)
+            r = results[p_i * n + i]
             head = prompt if body.echo else ""
             choices.append(
                 {
@@ -127,13 +129,17 @@ def _stream(
     def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
         return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
 
-    for index, handle in enumerate(handles):
-        for d in handle:
-            if d.text:
-                yield chunk([choice(index, d.text, None)])
-        r = handle.result()
-        completion_tokens += r.completion_tokens
-        yield chunk([choice(index, "", r.finish_reason)])
+    try:
+        for index, handle in enumerate(handles):
+            for d in handle:
+                if d.text:
+                    yield chunk([choice(index, d.text, None)])
+            r = handle.result()
+            completion_tokens += r.completion_tokens
+            yield chunk([choice(index, "", r.finish_reason)])
+    finally:  # the client went away: free the slots
+        for handle in handles:
+            handle.cancel()
     if include_usage:
         yield chunk(
             [],

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from ragtune.jobs.runs import checkpoints, run_events
-from ragtune.jobs.store import JobRecord, page
+from ragtune.jobs.store import JobRecord, newest_first, page
 from ragtune.serve.errors import APIError, not_found
 from ragtune.serve.protocol.common import list_page
 from ragtune.serve.protocol.fine_tuning import (
@@ -200,8 +200,9 @@ def list_events(
     limit: int = Query(20, ge=1, le=1000),
 ) -> dict[str, Any]:
     job = _job(service, project, job_id)
-    events = service.db.list_events(job.id) + run_events(job.id, service.settings.run_dir(job.id))
-    events.sort(key=lambda e: e.at, reverse=True)  # newest first, as OpenAI lists them
+    events = newest_first(  # as OpenAI lists them
+        service.db.list_events(job.id), run_events(job.id, service.settings.run_dir(job.id))
+    )
     chunk, more = page(events, [e.id for e in events], after, limit)
     return list_page(
         [
