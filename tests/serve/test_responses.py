@@ -42,15 +42,24 @@ class ScriptedEngine:
 
     def submit(self, prompt: str, params: SamplingParams, model: str | None = None):
         self.prompts.append(prompt)
-        done: list[Completion] = []
-        pieces = list(self.answer)
+        return RequestHandle(_ScriptedRun(list(self.answer)), eos=set(), logprobs=False)
 
-        def run() -> Iterator[TokenDelta]:
-            for i, piece in enumerate(pieces):
-                yield TokenDelta(text=piece, token_id=i, logprob=None)
-            done.append(Completion("".join(pieces), 10, len(pieces), "stop"))
 
-        return RequestHandle(run(), done)
+@dataclass
+class _ScriptedRun:
+    """Stands in for the generator's own request handle: the pieces as deltas, then a result."""
+
+    pieces: list[str]
+
+    def __iter__(self) -> Iterator[TokenDelta]:
+        for i, piece in enumerate(self.pieces):
+            yield TokenDelta(text=piece, token_id=i, logprob=None)
+
+    def result(self) -> Completion:
+        return Completion("".join(self.pieces), 10, len(self.pieces), "stop")
+
+    def cancel(self) -> None:
+        pass
 
 
 def scripted(s: Served, *answer: str) -> ScriptedEngine:
