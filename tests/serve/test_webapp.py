@@ -31,8 +31,8 @@ def test_search_accepts_hybrid_weights(served: Served, monkeypatch: pytest.Monke
         seen.append(args[-2:])  # (bm25_weight, dense_weight)
         return real(*args)
 
-    real = routes.run_search
-    monkeypatch.setattr(routes, "run_search", spy)
+    real = routes.store_hits
+    monkeypatch.setattr(routes, "store_hits", spy)
     store = served.client.post(
         "/v1/vector_stores", json={"name": "s"}, headers=served.headers()
     ).json()
