@@ -44,10 +44,20 @@ function column(title, model) {
   return { node, answer, cites, meta };
 }
 
-function citeButtons(col, cites, note) {
-  col.cites.replaceChildren(el("span", { class: "muted", text: note }), ...cites.map((c, i) =>
+function sourceButtons(cites) {
+  return cites.map((c, i) =>
     el("button", { type: "button", class: "linkish cite", "data-file-id": c.file_id,
-      onclick: () => openSource(c.file_id, c.filename, c.text), text: `[${i + 1}] ${c.filename}` })));
+      onclick: () => openSource(c.file_id, c.filename, c.text), text: `[${i + 1}] ${c.filename}` }));
+}
+
+function citeButtons(col, cites, note, retrieved = []) {
+  const parts = [el("span", { class: "muted", text: note }), ...sourceButtons(cites)];
+  if (retrieved.length) {
+    // What the search handed the model, kept apart from what the answer was verified to use.
+    parts.push(el("br"), el("span", { class: "muted", text: "Retrieved: " }),
+      ...sourceButtons(retrieved));
+  }
+  col.cites.replaceChildren(...parts);
 }
 
 // OpenAI Responses API with the file_search tool; citations are the answer's file_citation
@@ -80,7 +90,7 @@ async function viaResponses(col, model, question, store, maxTokens) {
     }
   });
   const cites = cited.map((a) => ({ ...a, text: (results.get(a.file_id) || {}).text || "" }));
-  citeButtons(col, cites, cites.length ? "Cited: " : "No file cited. ");
+  citeButtons(col, cites, cites.length ? "Cited: " : "No file cited. ", [...results.values()]);
   return usage ? [usage.input_tokens, usage.output_tokens] : null;
 }
 
