@@ -175,6 +175,11 @@ def test_fine_tuning_job_end_to_end(served: Served) -> None:
     )
     models = served.client.get("/v1/models", headers=served.headers()).json()["data"]
     assert job.fine_tuned_model in [m["id"] for m in models]
+    ckpts = served.client.get(
+        f"/v1/fine_tuning/jobs/{job.id}/checkpoints", headers=served.headers()
+    ).json()["data"]
+    assert ckpts  # every saved checkpoint is listed as a model too
+    assert {c["fine_tuned_model_checkpoint"] for c in ckpts} <= {m["id"] for m in models}
     assert job.fine_tuned_model not in [
         m["id"]
         for m in served.client.get("/v1/models", headers=served.headers(KEY_B)).json()["data"]

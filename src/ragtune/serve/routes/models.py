@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ragtune.jobs.runs import checkpoints
 from ragtune.jobs.store import JobRecord
 from ragtune.models import DEFAULT_EMBEDDER_NAME
 from ragtune.serve.errors import APIError, not_found
@@ -77,6 +78,7 @@ def _model(ident: str, created: int) -> dict[str, Any]:
 def list_models(service: ServiceDep, project: ProjectDep) -> dict[str, Any]:
     data = [_model(service.settings.base_model_id, 0), _model(embedder_id(service), 0)]
     jobs, _ = service.db.list_jobs(project, None, 10_000, None)
+    base_id = service.settings.base_model_id
     for job in jobs:
         if job.fine_tuned_model and not job.model_deleted:
             data.append(
@@ -84,6 +86,10 @@ def list_models(service: ServiceDep, project: ProjectDep) -> dict[str, Any]:
                     id=job.fine_tuned_model, created=job.finished_at or 0, owned_by=project
                 ).model_dump()
             )
+            # Its saved checkpoints are models too (callable in chat), as in OpenAI's API.
+            for c in checkpoints(service.settings.run_dir(job.id)):
+                ident = checkpoint_model(job, base_id, c.step)
+                data.append(Model(id=ident, created=c.created_at, owned_by=project).model_dump())
     return list_page(data)
 
 
