@@ -144,6 +144,9 @@ def run_in_child(
 
 
 def main(argv: list[str]) -> int:
+    from ragtune.logs import quiet_libraries
+
+    quiet_libraries()  # like the CLI that started this process: no library warnings
     job_path, out_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text(encoding="utf-8"))
     try:
