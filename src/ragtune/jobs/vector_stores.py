@@ -17,15 +17,20 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ragtune.jobs.sqlite import SqliteDB, page
 from ragtune.jobs.store import dumps, loads
-
-VSFileStatus = Literal["in_progress", "completed", "cancelled", "failed"]
-Attributes = dict[str, str | float | bool]
+from ragtune.jobs.vector_store_records import (
+    Attributes,
+    BatchRecord,
+    FileCounts,
+    IngestClaim,
+    VectorStoreRecord,
+    VSFileRecord,
+    VSFileStatus,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vector_stores (
@@ -60,78 +65,6 @@ _FILE_COLUMNS = (
     "vector_store_id, file_id, project, filename, object_key, created_at, status, last_error, "
     "usage_bytes, attributes, batch_id, doc_id, attempts, deleted"
 )
-
-
-@dataclass(frozen=True)
-class VectorStoreRecord:
-    id: str
-    project: str
-    name: str
-    created_at: int
-    last_active_at: int
-    metadata: dict[str, str] | None
-    expires_after: dict[str, Any] | None
-    chunk_tokens: int
-    chunk_overlap: int
-
-    @property
-    def kb_name(self) -> str:
-        """The ragtune knowledge base that holds this store's chunks."""
-        return self.id
-
-
-@dataclass(frozen=True)
-class VSFileRecord:
-    vector_store_id: str
-    file_id: str
-    project: str
-    filename: str
-    object_key: str
-    created_at: int
-    status: VSFileStatus
-    last_error: dict[str, str] | None
-    usage_bytes: int
-    attributes: Attributes | None
-    batch_id: str | None
-    doc_id: str | None
-    attempts: int = 0
-    deleted: bool = False
-
-
-@dataclass(frozen=True)
-class FileCounts:
-    in_progress: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.in_progress + self.completed + self.failed + self.cancelled
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    id: str
-    vector_store_id: str
-    project: str
-    created_at: int
-    cancelled: bool
-
-
-@dataclass(frozen=True)
-class IngestClaim:
-    """Files of one store a worker now holds under one attempt token: waiting files to
-    ingest, or (``deleted``) detached files whose chunks it removes from the index."""
-
-    files: list[VSFileRecord]
-    store: VectorStoreRecord | None
-    attempt: str
-    deleted: bool
-
-    @property
-    def store_id(self) -> str:
-        return self.files[0].vector_store_id
 
 
 def new_id(prefix: str) -> str:

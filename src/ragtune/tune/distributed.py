@@ -6,7 +6,9 @@ them training runs in one process. The process group uses NCCL on GPUs and gloo 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +78,28 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def process_setup(info: DistInfo, dev: torch.device) -> Iterator[None]:
+    """Join the torchrun process group if there is one; deterministic kernels on CPU."""
+    joined = init_distributed(info, dev)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if joined:
+            dist.destroy_process_group()
+
+
+def device_for(requested: str, info: DistInfo) -> torch.device:
+    """The device this process trains on: under torchrun on GPUs, its local rank's GPU."""
+    from ragtune.models import pick_device
+
+    dev = pick_device(requested)
+    if dev.type == "cuda" and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return dev

@@ -13,7 +13,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -24,7 +24,7 @@ import torch
 
 from ragtune import __version__
 from ragtune.errors import RagtuneError
-from ragtune.models import describe, pick_device, pick_dtype, resolve_lm
+from ragtune.models import describe, pick_dtype, resolve_lm
 from ragtune.tune import checkpoint as ckpt
 from ragtune.tune import hparams
 from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
@@ -35,12 +35,14 @@ from ragtune.tune.distributed import (
     all_reduce_sum,
     any_rank,
     barrier,
+    device_for,
     dist_info_from_env,
-    init_distributed,
+    process_setup,
 )
-from ragtune.tune.events import RUN_KIND, EventLog, read_manifest, write_manifest
+from ragtune.tune.events import RUN_KIND, EventLog, write_manifest
 from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, save_outputs
 from ragtune.tune.loss import LabelledLoss
+from ragtune.tune.rundir import data_record, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +129,13 @@ def train(
     """
     started = time.time()
     dist = dist_info_from_env()
-    dev = _device(device, dist)
+    dev = device_for(device, dist)
     compute_dtype = pick_dtype(dtype, dev)
     run_dir = Path(out).expanduser()
     base_path = resolve_lm(base)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _process_setup(dist, dev):
+    with process_setup(dist, dev):
         # --- 1. Data: parse and validate everything first, then tokenize.
         train_data = load_data(data, data_format)
         require_valid(train_data)
@@ -193,14 +195,14 @@ def train(
             "method": method,
             "base_model": describe(base_path),
             "data": {
-                "train": _data_record(train_data, len(train_seqs)),
-                "validation": _data_record(valid_data, len(valid_seqs)) if valid_data else None,
+                "train": data_record(train_data, len(train_seqs)),
+                "validation": data_record(valid_data, len(valid_seqs)) if valid_data else None,
             },
             "hyperparameters": settings,
             "device": dev.type,
             "created_at": _now(),
         }
-        state = _open_run_dir(run_dir, manifest, resume)
+        state = open_run_dir(run_dir, manifest, resume)
         barrier(dist)  # every rank has looked at the folder before rank 0 writes to it
         events = EventLog(run_dir / "events.jsonl", enabled=dist.is_main)
         if dist.is_main:
@@ -442,114 +444,12 @@ def train(
 # --- building blocks --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _process_setup(dist: DistInfo, dev: torch.device) -> Iterator[None]:
-    """Join the torchrun process group if there is one; deterministic kernels on CPU."""
-    import torch.distributed
-
-    joined = init_distributed(dist, dev)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    if dev.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        if joined:
-            torch.distributed.destroy_process_group()
-
-
-def _device(requested: str, dist: DistInfo) -> torch.device:
-    dev = pick_device(requested)
-    if dev.type == "cuda" and dist.enabled:
-        return torch.device("cuda", dist.local_rank)
-    return dev
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _data_record(data: Any, n_sequences: int) -> dict[str, Any]:
-    return {
-        "path": str(Path(data.path).resolve()),
-        "sha256": data.sha256,
-        "format": data.format,
-        "examples": len(data.examples),
-        "sequences": n_sequences,
-    }
-
-
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
-
-
-# Settings that may change between an interrupted run and its resumption: they change how
-# the work is spread, not what is computed.
-_RESUMABLE_CHANGES = ("world_size", "micro_batch_tokens")
-
-
-def _sha(record: dict[str, Any] | None) -> str | None:
-    return record["sha256"] if record else None
-
-
-def _open_run_dir(run_dir: Path, manifest: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """Check ``run_dir`` and return the checkpoint to resume from (None: start at step 0)."""
-    existing = read_manifest(run_dir)
-    if existing is None:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RagtuneError(
-                f"{run_dir} exists and is not a ragtune run", "choose a new or empty --out folder"
-            )
-        if resume:
-            log.warning("nothing to resume in %s; starting a new run", run_dir)
-        return None
-    if not resume:
-        raise RagtuneError(
-            f"{run_dir} already holds a run (status: {existing.get('status')})",
-            "pass --resume to continue it, or choose another --out folder",
-        )
-    if existing.get("status") == "succeeded":
-        raise RagtuneError(
-            f"The run in {run_dir} has already finished",
-            f"its model is in {run_dir / 'merged'}; choose another --out for a new run",
-        )
-    old_hp = {k: v for k, v in existing["hyperparameters"].items() if k not in _RESUMABLE_CHANGES}
-    new_hp = {k: v for k, v in manifest["hyperparameters"].items() if k not in _RESUMABLE_CHANGES}
-    differences = [
-        name
-        for name, a, b in (
-            ("method", existing["method"], manifest["method"]),
-            ("base model", existing["base_model"], manifest["base_model"]),
-            (
-                "training data",
-                existing["data"]["train"]["sha256"],
-                manifest["data"]["train"]["sha256"],
-            ),
-            (
-                "validation data",
-                _sha(existing["data"]["validation"]),
-                _sha(manifest["data"]["validation"]),
-            ),
-            ("hyperparameters", old_hp, new_hp),
-        )
-        if a != b
-    ]
-    if differences:
-        raise RagtuneError(
-            f"Cannot resume {run_dir}: the {', '.join(differences)} differ from the "
-            "interrupted run",
-            "resume with the same command line as the original run",
-        )
-    manifest["created_at"] = existing.get("created_at", manifest["created_at"])
-    folder = run_dir / "checkpoints"
-    ckpt.clean_partial(folder)
-    found = ckpt.list_checkpoints(folder)
-    if not found:
-        log.warning("no checkpoint in %s; starting again from step 0", folder)
-        return None
-    log.info("resuming from %s", found[-1])
-    return ckpt.load_checkpoint(found[-1])
 
 
 def _evaluate(
