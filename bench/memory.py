@@ -112,7 +112,44 @@ def small_embedder(folder: Path) -> Path:
     return folder
 
 
-def run_case(case: str, src: Path, work: Path, real_home: Path, embedder: str) -> dict[str, Any]:
+def _status_mib(pid: int) -> dict[str, float]:
+    """VmHWM (peak so far) and VmRSS of a live process, in MiB, from /proc."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+def _groups_written(kb: Path) -> int:
+    """Appends to the chunks table so far (each ingest group of chunks is one version)."""
+    return max(0, len(list(kb.glob("lance-*/chunks.lance/_versions/*.manifest"))) - 1)
+
+
+def _wait(pid: int, kb: Path, sample: float, log: Path) -> tuple[int, Any]:
+    """``os.wait4`` for ``pid``; with ``sample`` > 0, every ``sample`` seconds append the
+    child's VmHWM/VmRSS and progress to ``log`` (and stderr), so a run stopped early still
+    leaves its high-water mark so far."""
+    t0 = time.perf_counter()
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG if sample > 0 else 0)
+        if done:
+            return status, usage
+        time.sleep(sample)
+        row = {"seconds": round(time.perf_counter() - t0), **_status_mib(pid)}
+        row["groups_written"] = _groups_written(kb)
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+
+def run_case(
+    case: str, src: Path, work: Path, real_home: Path, embedder: str, sample: float = 0.0
+) -> dict[str, Any]:
     home = work / "home"
     target = make_case(case, work / f"in-{case}")
     max_mb = max(60, os.path.getsize(target) // MiB + 10) if target.is_file() else 60
@@ -142,7 +179,7 @@ def run_case(case: str, src: Path, work: Path, real_home: Path, embedder: str) -
                 (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
             ],
         )
-        _, status, usage = os.wait4(pid, 0)
+        status, usage = _wait(pid, home / "kb" / f"bench-{case}", sample, work / f"samples-{case}")
     seconds = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     result: dict[str, Any] = {
@@ -170,6 +207,12 @@ def main() -> int:
     parser.add_argument("--cases", default="tiny,1,10,50,small")
     parser.add_argument("--label", default="", help="a name for this run in the JSON")
     parser.add_argument("--embedder", choices=["small", "default"], default="small")
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=0.0,
+        help="every SECONDS, log the child's peak RSS so far and groups written (long runs)",
+    )
     args = parser.parse_args()
     real_home = Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
     results = []
@@ -185,7 +228,9 @@ def main() -> int:
         run_case("tiny", args.src.resolve(), Path(tmp), real_home, embedder)
         for case in args.cases.split(","):
             results.append(
-                run_case(case.strip(), args.src.resolve(), Path(tmp), real_home, embedder)
+                run_case(
+                    case.strip(), args.src.resolve(), Path(tmp), real_home, embedder, args.sample
+                )
             )
             print(json.dumps(results[-1]), file=sys.stderr)
     base = next((r["peak_rss_mib"] for r in results if r["case"] == "tiny"), None)

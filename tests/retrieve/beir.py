@@ -6,6 +6,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,19 @@ def load_beir(folder: Path, split: str = "test") -> Beir:
             if str(q["_id"]) in qrels:
                 queries[str(q["_id"])] = q["text"]
     return Beir(doc_ids, texts, queries, qrels)
+
+
+def bm25s_top10(texts: list[str], queries: list[str]) -> tuple[Any, Any]:
+    """bm25s's (rows, scores), each (n_queries, 10): lucene, k1 = 1.5, b = 0.75, English
+    stop words, PyStemmer's English stemmer (skips the test when bm25s is missing)."""
+    import pytest
+
+    bm25s = pytest.importorskip("bm25s")
+    stemmer = pytest.importorskip("Stemmer").Stemmer("english")
+    reference = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    reference.index(
+        bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
+        show_progress=False,
+    )
+    tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
+    return reference.retrieve(tokens, k=10, show_progress=False)

@@ -188,3 +188,36 @@ def test_kill_9_mid_ingest_leaves_the_previous_index_usable(
     kb = KnowledgeBase.open("t")
     assert kb.count() == (4, 4)
     assert [h.chunk.text for h in kb.search("sea", k=1, mode="bm25")] == ["The sea is purple now."]
+
+
+def test_keyword_index_is_written_in_segments_during_ingest(
+    tmp_path: Path, tiny_embedder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    import ragtune.ingest.pipeline as pipeline
+    from ragtune.retrieve import keywords
+
+    monkeypatch.setattr(pipeline, "EMBED_GROUP", 4)  # chunks per store append
+    monkeypatch.setattr(keywords, "SEGMENT_POSTINGS", 12)  # postings buffered in memory
+    monkeypatch.setattr(keywords, "SMALL_SEGMENT", 6)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(24):
+        (docs / f"f{i:02d}.txt").write_text(f"Animal number{i} eats plant{i} and grain{i}.\n")
+    ingest([docs], "t", embedder=str(tiny_embedder), backend="torch")
+    kb = KnowledgeBase.open("t")
+    segments = kb.folder / keywords.SEGMENTS_DIR
+    assert len(kb.store.keywords.segments) >= 4  # written as the buffer filled
+    assert [h.chunk.doc_id for h in kb.search("plant17", k=3, mode="bm25")] == ["docs/f17.txt"]
+    (docs / "f17.txt").write_text("Animal number17 now eats only stones.\n")
+    (docs / "f03.txt").unlink()
+    ingest([docs], "t", prune=True)
+    kb = KnowledgeBase.open("t")
+    assert kb.search("plant17", k=3, mode="bm25") == []
+    assert [h.chunk.doc_id for h in kb.search("stones", k=3, mode="bm25")] == ["docs/f17.txt"]
+    assert kb.search("grain3", k=3, mode="bm25") == []
+    assert kb.count() == (23, 23) and kb.store.keywords.n_docs == 23
+    kb.store.cleanup(kb.manifest["store"], grace=timedelta(0))
+    referenced = {s.name for s in kb.store.keywords.segments}
+    assert {p.name for p in segments.iterdir()} == referenced

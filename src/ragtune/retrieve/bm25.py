@@ -218,15 +218,7 @@ class BM25Index:
         ``mask`` is a (n_docs,) boolean allow-list (e.g. a metadata filter). Ties are broken
         by row id, so results are deterministic.
         """
-        scores = self.scores(query, k1, b)  # (n_docs,)
-        if mask is not None:
-            mask = np.asarray(mask, dtype=bool)
-            if mask.shape != scores.shape:
-                raise RagtuneError(
-                    f"The BM25 filter mask has shape {mask.shape}, expected ({self.n_docs},)"
-                )
-            scores = np.where(mask, scores, 0.0)
-        return top_k_positive(scores, k)
+        return masked_top_k(self.scores(query, k1, b), k, mask)
 
     # --- persistence ---------------------------------------------------------------------
 
@@ -275,6 +267,20 @@ class BM25Index:
             tf = sparse.csc_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
             doc_len = z["doc_len"]
         return cls({t: i for i, t in enumerate(terms)}, tf, doc_len)
+
+
+def masked_top_k(
+    scores: np.ndarray, k: int, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_positive` of ``scores`` (n_docs,) where the allow-list ``mask`` is True."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != scores.shape:
+            raise RagtuneError(
+                f"The BM25 filter mask has shape {mask.shape}, expected ({len(scores)},)"
+            )
+        scores = np.where(mask, scores, 0.0)
+    return top_k_positive(scores, k)
 
 
 def top_k_positive(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

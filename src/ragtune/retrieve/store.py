@@ -14,8 +14,6 @@ writer rolls the tables back to that snapshot before changing anything.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -27,11 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ragtune.errors import RagtuneError
-from ragtune.io import fsync_dir, write_json_atomic
-from ragtune.retrieve.bm25 import BM25Index
+from ragtune.retrieve.keywords import SEGMENTS_DIR, KeywordIndex
 from ragtune.types import Chunk, Document
-
-KEYWORD_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -157,67 +152,6 @@ def filter_sql(where: Filter) -> str:
     return " AND ".join(clauses)
 
 
-@dataclass
-class KeywordIndex:
-    """BM25 over chunk texts, with the chunk and document id of every row."""
-
-    bm25: BM25Index
-    chunk_ids: list[str]
-    doc_ids: list[str]
-
-    @classmethod
-    def empty(cls) -> KeywordIndex:
-        return cls(BM25Index.build([]), [], [])
-
-    def remove_documents(self, doc_ids: set[str]) -> KeywordIndex:
-        drop = np.array([i for i, d in enumerate(self.doc_ids) if d in doc_ids], dtype=np.int64)
-        if len(drop) == 0:
-            return self
-        keep = [i for i, d in enumerate(self.doc_ids) if d not in doc_ids]
-        return KeywordIndex(
-            self.bm25.remove(drop),
-            [self.chunk_ids[i] for i in keep],
-            [self.doc_ids[i] for i in keep],
-        )
-
-    def add(self, chunks: Sequence[Chunk]) -> KeywordIndex:
-        return KeywordIndex(
-            self.bm25.add([index_text(c) for c in chunks]),
-            self.chunk_ids + [c.chunk_id for c in chunks],
-            self.doc_ids + [c.doc_id for c in chunks],
-        )
-
-    def save(self, folder: Path) -> None:
-        """Write to ``folder`` atomically (a temp folder renamed into place)."""
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.bm25.save(tmp / "bm25")
-        write_json_atomic(
-            tmp / "rows.json",
-            {
-                "format_version": KEYWORD_FORMAT_VERSION,
-                "chunk_ids": self.chunk_ids,
-                "doc_ids": self.doc_ids,
-            },
-            indent=None,
-        )
-        if folder.exists():  # left by a writer that died before publishing it
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        fsync_dir(folder.parent)
-
-    @classmethod
-    def load(cls, folder: Path) -> KeywordIndex:
-        rows = json.loads((folder / "rows.json").read_text())
-        if int(rows.get("format_version", 0)) != KEYWORD_FORMAT_VERSION:
-            raise RagtuneError(
-                f"Keyword index at {folder} has an unknown format version",
-                "re-create the knowledge base with this ragtune version",
-            )
-        return cls(BM25Index.load(folder / "bm25"), rows["chunk_ids"], rows["doc_ids"])
-
-
 def index_text(chunk: Chunk) -> str:
     """What the retrievers see: the document title in front of the chunk's text."""
     return f"{chunk.title} {chunk.text}" if chunk.title else chunk.text
@@ -274,7 +208,7 @@ class LanceStore:
                 self._db.create_table(name, schema=schema)
             self.chunks = self._db.open_table("chunks")
             self.documents = self._db.open_table("documents")
-            self.keywords = KeywordIndex.empty()
+            self.keywords = KeywordIndex.empty(folder / SEGMENTS_DIR)
         else:
             if not {"chunks", "documents"} <= existing:
                 raise RagtuneError(
@@ -285,10 +219,11 @@ class LanceStore:
             self.documents = self._db.open_table("documents")
             self.chunks.checkout(int(snapshot["chunks_version"]))
             self.documents.checkout(int(snapshot["documents_version"]))
-            self.keywords = KeywordIndex.load(folder / snapshot["keyword_index"])
+            self.keywords = KeywordIndex.load(
+                folder / snapshot["keyword_index"], folder / SEGMENTS_DIR
+            )
         self._writable = False
         self._mask_cache: dict[str, np.ndarray] = {}
-        self._row_of: dict[str, int] | None = None
 
     def _begin_write(self) -> None:
         """Make the snapshot's versions the latest again (undoing a crashed writer's changes)."""
@@ -386,21 +321,17 @@ class LanceStore:
                 .column("chunk_id")
                 .to_pylist()
             )
-            if self._row_of is None:
-                self._row_of = {c: i for i, c in enumerate(self.keywords.chunk_ids)}
-            mask = np.zeros(len(self.keywords.chunk_ids), dtype=bool)
-            mask[[self._row_of[c] for c in ids if c in self._row_of]] = True
-            self._mask_cache[sql] = mask
+            self._mask_cache[sql] = self.keywords.mask_of(ids)
         return self._mask_cache[sql]
 
     def keyword_search(
         self, query: str, k: int, where: Filter | None = None, k1: float = 1.5, b: float = 0.75
     ) -> list[tuple[Chunk, float]]:
-        if k <= 0 or not self.keywords.chunk_ids:
+        if k <= 0 or self.keywords.n_docs == 0:
             return []
         mask = self._mask(where) if where is not None and not where.is_empty() else None
-        rows, scores = self.keywords.bm25.top_k(query, k, k1=k1, b=b, mask=mask)
-        ids = [self.keywords.chunk_ids[int(r)] for r in rows]
+        rows, scores = self.keywords.top_k(query, k, k1=k1, b=b, mask=mask)
+        ids = [self.keywords.chunk_id(int(r)) for r in rows]
         chunks = {c.chunk_id: c for c in self.get_chunks(ids)}
         return [(chunks[i], float(s)) for i, s in zip(ids, scores, strict=True) if i in chunks]
 
@@ -414,7 +345,8 @@ class LanceStore:
             batch = doc_ids[start : start + 500]
             self.chunks.delete(_sql_in("doc_id", batch))
             self.documents.delete(_sql_in("doc_id", batch))
-        self.keywords = self.keywords.remove_documents(set(doc_ids))
+        self.keywords.remove_documents(set(doc_ids))
+        self._mask_cache.clear()
 
     def add(self, docs: Sequence[Document], chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         import pyarrow as pa
@@ -455,7 +387,8 @@ class LanceStore:
                     schema=self._chunk_schema,
                 )
             )
-            self.keywords = self.keywords.add(chunks)
+            self.keywords.add(chunks)
+            self._mask_cache.clear()
 
     def commit(self) -> dict[str, Any]:
         self._begin_write()
@@ -466,7 +399,6 @@ class LanceStore:
         name = f"keywords-{store_id}-v{self.chunks.version}-{self.documents.version}"
         self.keywords.save(self.folder / name)
         self._mask_cache.clear()
-        self._row_of = None
         return {
             "backend": "lancedb",
             "lance_dir": self.lance_dir,
@@ -478,10 +410,16 @@ class LanceStore:
     def cleanup(self, snapshot: dict[str, Any], grace: timedelta = timedelta(minutes=10)) -> None:
         """After ``snapshot`` is published: drop other keyword-index folders and table
         versions older than ``grace`` (readers of an older manifest get that long)."""
+
+        def stale(path: Path) -> bool:
+            return ".tmp" in path.name or time.time() - path.stat().st_mtime > grace.total_seconds()
+
         for path in self.folder.glob("keywords-*"):
-            if path.name != snapshot["keyword_index"] and (
-                ".tmp-" in path.name or time.time() - path.stat().st_mtime > grace.total_seconds()
-            ):
+            if path.name != snapshot["keyword_index"] and stale(path):
+                shutil.rmtree(path, ignore_errors=True)
+        live = {s.name for s in self.keywords.segments}
+        for path in (self.folder / SEGMENTS_DIR).glob("seg-*"):
+            if path.name not in live and stale(path):  # merged away, or a killed writer's
                 shutil.rmtree(path, ignore_errors=True)
         for path in self.folder.glob("lance-*"):
             if path.name != snapshot["lance_dir"]:  # replaced by a rebuild, or a crashed one
