@@ -17,6 +17,14 @@ embeds in hours on two loaded cores, and the memory in question is the pipeline'
 the model's. ``--embedder default`` measures the real one (run it on small cases).
 
     python bench/memory.py [--src PATH/src] [--cases tiny,1,10,50,small] [--embedder small]
+
+``--keywords 100000,1000000`` measures the keyword (BM25) index alone instead, at
+synthetic scale: chunks of ``--words`` (default 100) words drawn from a Zipf
+distribution (exponent 1.1, fixed seed) over a million made-up terms, added in groups of
+``--group`` chunks (ingest's step; 1,024 there) and saved, in one child process ("build");
+then opened and queried with 20 three-word queries in another ("query"); "import" is a
+child that only imports ragtune's retrieve package (the floor). ``--src`` picks the code,
+as above. The text is synthetic: what is measured is memory against chunk count.
 """
 
 from __future__ import annotations
@@ -201,6 +209,114 @@ def run_case(
     return result
 
 
+def synthetic_chunks(n: int, words: int, group: int, seed: int = 0) -> Any:
+    """Groups of ``group`` Chunks of ``words`` Zipf-drawn terms each, ``n`` in all."""
+    import numpy as np
+
+    from ragtune.types import Chunk
+
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, group):
+        size = min(group, n - start)
+        ids = np.minimum(rng.zipf(1.1, size=(size, words)), 1_000_000)  # (size, words)
+        chunks = []
+        for i, row in enumerate(ids.tolist()):
+            text = " ".join(f"t{w}" for w in row)
+            doc = f"doc{(start + i) // 4}"
+            chunks.append(Chunk(f"{doc}#{(start + i) % 4}", doc, (start + i) % 4, text, 0, 1))
+        yield chunks
+
+
+def keyword_child(phase: str, n: int, folder: Path, words: int, group: int) -> None:
+    """The measured work of one keyword case, in this (child) process; works with the
+    keyword index before (ragtune.retrieve.store.KeywordIndex, whole in memory) and after
+    (ragtune.retrieve.keywords.KeywordIndex, segments on disk)."""
+    if phase == "import":
+        import ragtune.retrieve.store  # noqa: F401
+
+        return
+    try:
+        from ragtune.retrieve.keywords import KeywordIndex
+
+        segmented = True
+    except ImportError:
+        from ragtune.retrieve.store import KeywordIndex  # type: ignore[no-redef,attr-defined]
+
+        segmented = False
+    segs = folder / "keyword-segments"
+    if phase == "build":
+        index: Any = KeywordIndex.empty(segs) if segmented else KeywordIndex.empty()
+        for chunks in synthetic_chunks(n, words, group):
+            grown = index.add(chunks)
+            index = grown if grown is not None else index
+        index.save(folder / "snapshot")
+        return
+    index = (
+        KeywordIndex.load(folder / "snapshot", segs)
+        if segmented
+        else KeywordIndex.load(folder / "snapshot")
+    )
+    search = index.top_k if segmented else index.bm25.top_k
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    times = []
+    for _ in range(20):
+        query = " ".join(f"t{w}" for w in rng.integers(20, 2000, size=3))
+        t0 = time.perf_counter()
+        rows, _ = search(query, 10)
+        times.append(time.perf_counter() - t0)
+        assert len(rows) > 0
+    print(json.dumps({"query_ms_median": round(1000 * sorted(times)[10], 1)}))
+
+
+def run_keyword_case(phase: str, n: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
+    argv = [sys.executable, __file__, "--child", phase, str(n), str(folder)]
+    argv += ["--words", str(args.words), "--group", str(args.group)]
+    t0 = time.perf_counter()
+    with open(folder.parent / f"out-{phase}-{n}", "wb") as out:
+        pid = os.posix_spawn(
+            sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
+        )
+        _, status, usage = os.wait4(pid, 0)
+    result: dict[str, Any] = {
+        "phase": phase,
+        "chunks": n,
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "exit_code": os.waitstatus_to_exitcode(status),
+    }
+    text = (folder.parent / f"out-{phase}-{n}").read_text().strip()
+    if text:
+        result.update(json.loads(text.splitlines()[-1]))
+    if phase == "build":
+        result["index_mib_on_disk"] = round(
+            sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / MiB, 1
+        )
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result
+
+
+def keywords_main(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-kwbench-") as tmp:
+        results.append(run_keyword_case("import", 0, args, Path(tmp) / "none"))
+        for n in (int(x) for x in args.keywords.split(",")):
+            folder = Path(tmp) / f"kb-{n}"
+            folder.mkdir()
+            results.append(run_keyword_case("build", n, args, folder))
+            results.append(run_keyword_case("query", n, args, folder))
+            shutil.rmtree(folder)
+    meta = {"label": args.label, "src": str(args.src), "words": args.words, "group": args.group}
+    print(json.dumps({**meta, "keywords": results}, indent=2))
+    summary = ", ".join(
+        f"{r['phase']} {r['chunks']:,}: {r['peak_rss_mib']:.0f} MiB" for r in results
+    )
+    print(f"peak RSS of the keyword index ({args.label or args.src}): {summary}", file=sys.stderr)
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path(__file__).parent.parent / "src")
@@ -213,7 +329,17 @@ def main() -> int:
         default=0.0,
         help="every SECONDS, log the child's peak RSS so far and groups written (long runs)",
     )
+    parser.add_argument("--keywords", default="", help="chunk counts: measure the BM25 index")
+    parser.add_argument("--words", type=int, default=100, help="words per synthetic chunk")
+    parser.add_argument("--group", type=int, default=1024, help="chunks per add()")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        phase, n, folder = args.child
+        keyword_child(phase, int(n), Path(folder), args.words, args.group)
+        return 0
+    if args.keywords:
+        return keywords_main(args)
     real_home = Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
     results = []
     with tempfile.TemporaryDirectory(prefix="ragtune-membench-") as tmp:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from ragtune.tune.data import encode, load_data
-from ragtune.tune.validate import validate_file
+from ragtune.tune.validate import MAX_REPORTED, validate_file
 from tests.tune.conftest import chat_row, write_jsonl
 
 
@@ -28,3 +32,43 @@ def test_counts_match_the_training_sequences(tmp_path: Path, tiny_lm: Path) -> N
         lora = next(e for e in report.estimates if e.method == "lora")
         assert lora.billed_tokens == lora.n_epochs * sum(len(s.input_ids) for s in seqs)
         assert lora.trained_tokens == lora.n_epochs * sum(s.n_targets for s in seqs)
+
+
+def test_errors_past_the_cap_are_counted_not_listed(tmp_path: Path, tiny_lm: Path) -> None:
+    rows = [chat_row(f"Question {i}?", "Paris") for i in range(20)]
+    lines = [json.dumps(r) for r in rows] + ["{not json"] * (MAX_REPORTED + 50)
+    data_file = tmp_path / "d.jsonl"
+    data_file.write_text("\n".join(lines) + "\n")
+    report = validate_file(data_file, base=str(tiny_lm))
+    assert report.examples == 20 and not report.valid
+    assert len(report.errors) == MAX_REPORTED
+    assert report.errors_total == MAX_REPORTED + 50
+    assert [e.line for e in report.errors[:2]] == [21, 22]  # line numbers kept
+    d = report.to_dict()
+    assert d["errors_not_shown"] == 50 and d["error_counts"] == {"invalid_json": MAX_REPORTED + 50}
+    out = subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", "validate", str(data_file), "--model", str(tiny_lm)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert "... and 50 more error(s)" in out.stdout
+    assert f"invalid: invalid_json {MAX_REPORTED + 50}" in out.stdout
+
+
+def test_memory_does_not_grow_with_the_file(tmp_path: Path, tiny_lm: Path) -> None:
+    """Python heap peak while validating 400 vs 4,000 examples: the examples are not held
+    (before streaming, the peak grew about tenfold with them)."""
+    peaks = []
+    for n in (400, 4000):
+        rows = [
+            chat_row(f"Question number {i} about a topic?", f"Answer {i} " * 20) for i in range(n)
+        ]
+        data_file = write_jsonl(tmp_path / f"d{n}.jsonl", rows)
+        validate_file(data_file, base=str(tiny_lm))  # warm: tokenizer caches, imports
+        tracemalloc.start()
+        report = validate_file(data_file, base=str(tiny_lm))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert report.examples == n
+    assert peaks[1] < 1.5 * peaks[0], peaks

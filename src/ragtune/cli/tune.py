@@ -281,8 +281,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{report.path}: {report.format} format, {report.examples} valid example(s)")
     for p in report.errors:
         print(f"  error {p}")
+    if report.errors_total > len(report.errors):
+        print(f"  ... and {report.errors_total - len(report.errors):,} more error(s)")
     for p in report.warnings:
         print(f"  warning {p}")
+    if report.warnings_total > len(report.warnings):
+        print(f"  ... and {report.warnings_total - len(report.warnings):,} more warning(s)")
     t, tr = report.tokens, report.trained_tokens
     print(
         f"tokens per example: min {t.min}, mean {t.mean:.1f}, max {t.max}, total {t.total:,}"
@@ -299,10 +303,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if report.valid:
         print("valid")
         return 0
-    counts: dict[str, int] = {}
-    for p in report.errors:
-        counts[p.category] = counts.get(p.category, 0) + 1
-    print("invalid: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print("invalid: " + ", ".join(f"{k} {v:,}" for k, v in report.error_counts.items()))
     return 1
 
 

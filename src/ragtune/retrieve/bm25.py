@@ -53,7 +53,7 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn CountVectorizer's default 
 _STEMMER = Stemmer.Stemmer("english")
 _STEM_LOCK = threading.Lock()  # PyStemmer objects are not thread-safe
 _STEMS: dict[str, str] = {}  # word -> stem; words repeat a lot, stemming is the slow part
-_MAX_CACHED_STEMS = 2_000_000
+_MAX_CACHED_STEMS = 500_000  # bounds the cache (~80 MB); cleared when full
 
 
 def _stem_all(words: Iterable[str]) -> None:

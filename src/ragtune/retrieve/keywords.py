@@ -36,7 +36,6 @@ from ragtune.retrieve.bm25 import (
     BM25Index,
     _check_params,
     _count_matrix,
-    _with_columns,
     idf,
     masked_top_k,
     tf_saturation,
@@ -53,7 +52,7 @@ from ragtune.retrieve.segment import (
 from ragtune.types import Chunk
 
 SEGMENTS_DIR = "keyword-segments"
-SEGMENT_POSTINGS = 1 << 22  # postings buffered before a segment is written (~50 MB)
+SEGMENT_POSTINGS = 1 << 21  # postings buffered before a segment is written
 SMALL_SEGMENT = SEGMENT_POSTINGS // 2  # adjacent segments below this get merged
 MAX_SMALL_SEGMENTS = 8
 
@@ -63,7 +62,7 @@ class _Pending:
     """Rows added but not yet in a segment: per-group count matrices sharing one vocab."""
 
     vocab: dict[str, int] = field(default_factory=dict)
-    parts: list[Any] = field(default_factory=list)  # CSC count matrices, (n_group, V_then)
+    parts: list[Any] = field(default_factory=list)  # CSR count matrices, (n_group, V_then)
     lengths: list[np.ndarray] = field(default_factory=list)
     chunk_ids: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)
@@ -71,7 +70,7 @@ class _Pending:
 
     def add(self, texts: Sequence[str], chunk_ids: Sequence[str], doc_ids: Sequence[str]) -> None:
         counts, lengths = _count_matrix([tokenize(t) for t in texts], self.vocab)
-        self.parts.append(counts)
+        self.parts.append(counts.tocsr())  # CSR stacks by rows without a sort
         self.lengths.append(lengths)
         self.chunk_ids.extend(chunk_ids)
         self.doc_ids.extend(doc_ids)
@@ -79,9 +78,13 @@ class _Pending:
 
     def segment(self) -> Segment:
         width = len(self.vocab)
-        tf = sparse.vstack(
-            [_with_columns(p, width) for p in self.parts], format="csc", dtype=np.float32
-        )
+        parts = [
+            sparse.csr_matrix((p.data, p.indices, p.indptr), (p.shape[0], width))
+            for p in self.parts
+        ]
+        tf = sparse.vstack(parts, format="csr", dtype=np.float32)  # (n_rows, width)
+        del parts
+        self.parts.clear()
         bm25 = BM25Index(self.vocab, tf, np.concatenate(self.lengths))
         return segment_from_bm25(bm25, self.chunk_ids, self.doc_ids)
 

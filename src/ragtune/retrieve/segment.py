@@ -154,12 +154,29 @@ class Segment:
 
 
 def segment_from_bm25(bm25: BM25Index, chunk_ids: Sequence[str], doc_ids: Sequence[str]) -> Segment:
-    """An in-memory segment of ``bm25``'s rows: terms sorted, empty terms dropped."""
-    tf = bm25.tf.tocsc()
+    """An in-memory segment of ``bm25``'s rows: terms sorted, empty terms dropped.
+
+    Peak memory is about three copies of the postings (CSR, its remapped column ids,
+    the CSC result), never a COO sort.
+    """
+    n_rows, n_cols = bm25.tf.shape
+    by_col = [""] * n_cols
+    for term, col in bm25.vocab.items():
+        by_col[col] = term
+    order = sorted(range(n_cols), key=by_col.__getitem__)  # new column -> old column
+    rank = np.empty(n_cols, dtype=np.int32)
+    rank[order] = np.arange(n_cols, dtype=np.int32)  # old column -> new column
+    csr = bm25.tf.tocsr()
+    data = csr.data.astype(np.float32, copy=False)
+    csr = sparse.csr_matrix((data, rank[csr.indices], csr.indptr), shape=(n_rows, n_cols))
+    del data
+    tf = csr.tocsc()  # rows ascending within each column
+    del csr
     lengths = np.diff(tf.indptr)
-    terms = sorted(t for t, col in bm25.vocab.items() if lengths[col] > 0)
-    tf = tf[:, [bm25.vocab[t] for t in terms]].tocsc()  # columns in term order
-    tf.sort_indices()
+    keep = lengths > 0  # terms whose rows were all removed have no postings left
+    terms = [by_col[c] for c, k in zip(order, keep.tolist(), strict=True) if k]
+    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(lengths[keep], out=indptr[1:])
     # "\n"-joined, so terms() decodes the blob at once; term i is
     # terms[offsets[i] : offsets[i + 1] - 1]
     joined = np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8)
@@ -169,9 +186,9 @@ def segment_from_bm25(bm25: BM25Index, chunk_ids: Sequence[str], doc_ids: Sequen
     arrays = {
         "terms": joined,
         "term_offsets": term_offsets,
-        "indptr": tf.indptr.astype(np.int64),
-        "rows": tf.indices.astype(np.int32),
-        "tf": tf.data.astype(np.float32),
+        "indptr": indptr,
+        "rows": tf.indices.astype(np.int32, copy=False),
+        "tf": tf.data.astype(np.float32, copy=False),
         "doc_len": np.asarray(bm25.doc_len, dtype=np.float32),
         "chunk_ids": chunk_blob,
         "chunk_offsets": chunk_offsets,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -109,10 +109,8 @@ def detect_format(path: Path) -> DataFormat:
     return "chat"  # the default format; its validator then says what is missing
 
 
-def load_data(
-    path: str | Path, data_format: DataFormat | None = None, min_examples: int = MIN_EXAMPLES
-) -> TrainingData:
-    """Read and validate a data file or folder. Problems are collected, never raised."""
+def resolve_data(path: str | Path, data_format: DataFormat | None) -> tuple[Path, DataFormat]:
+    """The data path (checked to exist) and its format (given, or detected)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise RagtuneError(
@@ -121,20 +119,45 @@ def load_data(
     fmt = data_format or detect_format(p)
     if fmt not in DATA_FORMATS:
         raise RagtuneError(f"Unknown data format {fmt!r}", "use chat, completion or text")
-    if p.is_dir() or (fmt == "text" and p.suffix.lower() in TEXT_SUFFIXES):
-        data = _load_documents(p)
-    else:
-        data = _load_jsonl(p, fmt)
-    if fmt != "text" and len(data.examples) + _n_bad_lines(data) < min_examples:
-        data.errors.append(
-            Problem(
-                str(p),
-                0,
-                "too_few_examples",
-                f"{len(data.examples)} valid example(s); fine-tuning needs at least "
-                f"{min_examples} (OpenAI's minimum; 50-100 usually work better)",
-            )
-        )
+    return p, fmt
+
+
+def is_documents(path: Path, fmt: DataFormat) -> bool:
+    """Whether ``path`` is read as plain-text documents (a folder, or a .txt/.md file)."""
+    return path.is_dir() or (fmt == "text" and path.suffix.lower() in TEXT_SUFFIXES)
+
+
+def iter_records(path: Path, fmt: DataFormat) -> Iterator[Record]:
+    """Every record of a data file or folder, checked, one at a time: JSONL line by line,
+    documents one file at a time."""
+    if not is_documents(path, fmt):
+        yield from iter_jsonl(path, fmt)
+        return
+    for f in _document_files(path):
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            empty = Problem(str(f), 0, "missing_content", "empty document skipped")
+            yield Record(str(f), 0, None, [], [empty])
+        else:
+            yield Record(str(f), 0, Example([Message("assistant", text)]), [], [])
+
+
+def load_data(
+    path: str | Path, data_format: DataFormat | None = None, min_examples: int = MIN_EXAMPLES
+) -> TrainingData:
+    """Read and validate a data file or folder. Problems are collected, never raised."""
+    p, fmt = resolve_data(path, data_format)
+    fmt = "text" if is_documents(p, fmt) else fmt
+    data = TrainingData(str(p), fmt, [], [], sha256=file_sha256(p))
+    for record in iter_records(p, fmt):
+        data.errors.extend(record.errors)
+        data.warnings.extend(record.warnings)
+        if record.example is not None:
+            data.examples.append(record.example)
+            data.origins.append((record.source, record.line))
+    few = too_few_examples(str(p), len(data.examples), _n_bad_lines(data), min_examples)
+    if fmt != "text" and few is not None:
+        data.errors.append(few)
     return data
 
 
@@ -174,8 +197,21 @@ def repeat_to_minimum(items: Sequence[T], n: int = MIN_EXAMPLES) -> list[T]:
     return [items[i % len(items)] for i in range(max(len(items), n))] if items else []
 
 
-def _load_jsonl(path: Path, fmt: DataFormat) -> TrainingData:
-    data = TrainingData(str(path), fmt, [], [], sha256=file_sha256(path))
+@dataclass(frozen=True)
+class Record:
+    """One line of a JSONL data file, parsed and checked: its example (None when it has
+    errors) and its problems."""
+
+    source: str
+    line: int
+    example: Example | None
+    errors: list[Problem]
+    warnings: list[Problem]
+
+
+def iter_jsonl(path: Path, fmt: DataFormat) -> Iterator[Record]:
+    """The records of a JSONL data file, one line at a time (memory does not grow with
+    the file); blank lines are skipped."""
     source = str(path)
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -184,7 +220,8 @@ def _load_jsonl(path: Path, fmt: DataFormat) -> TrainingData:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as e:
-                data.errors.append(Problem(source, lineno, "invalid_json", f"not valid JSON: {e}"))
+                problem = Problem(source, lineno, "invalid_json", f"not valid JSON: {e}")
+                yield Record(source, lineno, None, [problem], [])
                 continue
             if fmt == "chat":
                 example, errors, warnings = _parse_chat(obj)
@@ -192,12 +229,26 @@ def _load_jsonl(path: Path, fmt: DataFormat) -> TrainingData:
                 example, errors, warnings = _parse_completion(obj)
             else:
                 example, errors, warnings = _parse_text(obj)
-            data.errors.extend(Problem(source, lineno, c, m) for c, m in errors)
-            data.warnings.extend(Problem(source, lineno, c, m) for c, m in warnings)
-            if example is not None and not errors:
-                data.examples.append(example)
-                data.origins.append((source, lineno))
-    return data
+            yield Record(
+                source,
+                lineno,
+                example if not errors else None,
+                [Problem(source, lineno, c, m) for c, m in errors],
+                [Problem(source, lineno, c, m) for c, m in warnings],
+            )
+
+
+def too_few_examples(path: str, valid: int, bad_lines: int, minimum: int) -> Problem | None:
+    """The ``too_few_examples`` error when a file has fewer than ``minimum`` records."""
+    if valid + bad_lines >= minimum:
+        return None
+    return Problem(
+        path,
+        0,
+        "too_few_examples",
+        f"{valid} valid example(s); fine-tuning needs at least {minimum} "
+        "(OpenAI's minimum; 50-100 usually work better)",
+    )
 
 
 Issues = list[tuple[str, str]]  # (category, message)
@@ -306,26 +357,15 @@ def _parse_text(obj: Any) -> tuple[Example | None, Issues, Issues]:
     return Example([Message("assistant", text)]), [], []
 
 
-def _load_documents(path: Path) -> TrainingData:
-    if path.is_dir():
-        files = sorted(
-            f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+def _document_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+    if not files:
+        raise RagtuneError(
+            f"No .txt or .md files in {path}", "put plain-text documents in the folder"
         )
-        if not files:
-            raise RagtuneError(
-                f"No .txt or .md files in {path}", "put plain-text documents in the folder"
-            )
-    else:
-        files = [path]
-    data = TrainingData(str(path), "text", [], [], sha256=file_sha256(path))
-    for f in files:
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if not text.strip():
-            data.warnings.append(Problem(str(f), 0, "missing_content", "empty document skipped"))
-            continue
-        data.examples.append(Example([Message("assistant", text)]))
-        data.origins.append((str(f), 0))
-    return data
+    return files
 
 
 # --- tokenization -------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from array import array
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +21,20 @@ from ragtune.models import pick_device, resolve_lm
 from ragtune.tune import hparams
 from ragtune.tune.data import (
     IGNORE,
+    MIN_EXAMPLES,
     DataFormat,
     Problem,
     bos_to_prepend,
     encode_example,
     is_document,
-    load_data,
+    is_documents,
+    iter_records,
+    resolve_data,
     split_sequence,
+    too_few_examples,
 )
+
+MAX_REPORTED = 100  # problems of each kind (errors, warnings) reported in full
 
 # Training tokens/s of Gemma 3 270M (fp32) measured with bench/tune.py on a 2-core AMD EPYC
 # (AVX-512) VM, 8 chat examples of 64 tokens per step, about a third of them trained on:
@@ -45,7 +54,7 @@ class TokenStats:
     total: int
 
     @classmethod
-    def of(cls, values: list[int]) -> TokenStats:
+    def of(cls, values: Sequence[int]) -> TokenStats:
         if not values:
             return cls(0, 0.0, 0, 0)
         return cls(min(values), statistics.fmean(values), max(values), sum(values))
@@ -77,17 +86,39 @@ class ValidationReport:
     max_length: int
     over_length: int
     estimates: list[Estimate] = field(default_factory=list)
+    # errors/warnings hold the first MAX_REPORTED of each (and every whole-file one);
+    # these count them all
+    error_counts: dict[str, int] = field(default_factory=dict)
+    warnings_total: int = 0
 
     @property
     def valid(self) -> bool:
         return not self.errors
+
+    @property
+    def errors_total(self) -> int:
+        return sum(self.error_counts.values())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["valid"] = self.valid
         d["errors"] = [p.to_dict() for p in self.errors]
         d["warnings"] = [p.to_dict() for p in self.warnings]
+        d["errors_not_shown"] = self.errors_total - len(self.errors)
+        d["warnings_not_shown"] = self.warnings_total - len(self.warnings)
         return d
+
+
+class _Problems:
+    """The first ``cap`` problems in full (whole-file ones always), the rest counted."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.shown, self.counts = cap, list[Problem](), Counter[str]()
+
+    def add(self, problem: Problem) -> None:
+        self.counts[problem.category] += 1
+        if len(self.shown) < self.cap or problem.line == 0:
+            self.shown.append(problem)
 
 
 def parameter_count(model_dir: Path) -> int:
@@ -116,21 +147,32 @@ def validate_file(
     lr_multiplier: float | None = None,
     device: str = "auto",
 ) -> ValidationReport:
-    """Run every check on a data file and count its tokens with ``base``'s tokenizer."""
+    """Run every check on a data file and count its tokens with ``base``'s tokenizer.
+
+    The file is read one record at a time and only counts are kept per example (4 bytes
+    each), so memory stays flat whatever its size; problems past the first
+    ``MAX_REPORTED`` of each kind are counted, not kept.
+    """
     from transformers import AutoTokenizer
 
-    data = load_data(path, data_format)
+    p, fmt = resolve_data(path, data_format)
     model_dir = resolve_lm(base)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     bos = bos_to_prepend(tokenizer)
-    warnings = list(data.warnings)
-    lengths: list[int] = []
-    trained: list[int] = []
-    over = 0
-    # Only counts are kept per example, never the token ids: memory stays flat whatever
-    # the size of the file's tokens (the examples themselves are held by load_data).
+    errors, warnings = _Problems(MAX_REPORTED), _Problems(MAX_REPORTED)
+    lengths, trained = array("l"), array("l")  # per example
+    over = bad_lines = 0
     n_seqs = per_epoch = targets = 0
-    for i, (ex, (src, line)) in enumerate(zip(data.examples, data.origins, strict=True)):
+    for record in iter_records(p, fmt):
+        for problem in record.errors:
+            errors.add(problem)
+        for problem in record.warnings:
+            warnings.add(problem)
+        bad_lines += bool(record.errors and record.line)
+        ex = record.example
+        if ex is None:
+            continue
+        i = len(lengths)
         ids, labels = encode_example(ex, tokenizer, bos)
         lengths.append(len(ids))
         trained.append(sum(1 for t in labels if t != IGNORE))
@@ -146,9 +188,11 @@ def validate_file(
                 if is_document(ex)
                 else "truncated at the end"
             )
-            warnings.append(
-                Problem(src, line, "too_long", f"{len(ids)} tokens > {max_length}; will be {what}")
-            )
+            too_long = f"{len(ids)} tokens > {max_length}; will be {what}"
+            warnings.add(Problem(record.source, record.line, "too_long", too_long))
+    few = too_few_examples(str(p), len(lengths), bad_lines, MIN_EXAMPLES)
+    if not is_documents(p, fmt) and few is not None:
+        errors.add(few)
     estimates: list[Estimate] = []
     if n_seqs:
         params = parameter_count(model_dir)
@@ -181,15 +225,17 @@ def validate_file(
                 )
             )
     return ValidationReport(
-        path=data.path,
-        format=data.format,
-        examples=len(data.examples),
+        path=str(p),
+        format="text" if is_documents(p, fmt) else fmt,
+        examples=len(lengths),
         sequences=n_seqs,
-        errors=data.errors,
-        warnings=warnings,
+        errors=errors.shown,
+        warnings=warnings.shown,
         tokens=TokenStats.of(lengths),
         trained_tokens=TokenStats.of(trained),
         max_length=max_length,
         over_length=over,
         estimates=estimates,
+        error_counts=dict(sorted(errors.counts.items())),
+        warnings_total=sum(warnings.counts.values()),
     )
