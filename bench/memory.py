@@ -25,6 +25,11 @@ distribution (exponent 1.1, fixed seed) over a million made-up terms, added in g
 then opened and queried with 20 three-word queries in another ("query"); "import" is a
 child that only imports ragtune's retrieve package (the floor). ``--src`` picks the code,
 as above. The text is synthetic: what is measured is memory against chunk count.
+
+``--validate 200`` measures ``ragtune validate FILE --json`` (the default model's
+tokenizer) on a generated chat JSONL of about that many MiB: examples of about 1 KiB
+(English-like text, fixed seed), every 1,000th line broken JSON; and ``--validate-base``
+a 1 MiB file of the same kind (the floor: tokenizer loaded, little else).
 """
 
 from __future__ import annotations
@@ -317,6 +322,64 @@ def keywords_main(args: argparse.Namespace) -> int:
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
+def write_chat_jsonl(path: Path, size: int) -> int:
+    """About ``size`` bytes of chat examples (every 1,000th line not JSON); returns lines."""
+    rng = random.Random(0)
+    words = _words(rng)
+    written = lines = 0
+    with open(path, "w") as fh:
+        while written < size:
+            lines += 1
+            if lines % 1000 == 0:
+                line = '{"messages": [broken'
+            else:
+                question = english_like(rng, words, 200)
+                answer = english_like(rng, words, 800)
+                messages = [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+                line = json.dumps({"messages": messages})
+            fh.write(line + "\n")
+            written += len(line) + 1
+    return lines
+
+
+def validate_main(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-valbench-") as tmp:
+        for mib in (1, args.validate):
+            path = Path(tmp) / f"train-{mib}.jsonl"
+            lines = write_chat_jsonl(path, mib * MiB)
+            env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
+            argv = [sys.executable, "-m", "ragtune.cli", "validate", str(path), "--json"]
+            t0 = time.perf_counter()
+            with open(Path(tmp) / "out.json", "wb") as out:
+                pid = os.posix_spawn(
+                    sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
+                )
+                _, status, usage = os.wait4(pid, 0)
+            report = json.loads((Path(tmp) / "out.json").read_text() or "{}")
+            result = {
+                "file_mib": round(path.stat().st_size / MiB, 1),
+                "lines": lines,
+                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "exit_code": os.waitstatus_to_exitcode(status),  # 1: the file has errors
+                "examples": report.get("examples"),
+                "errors_listed": len(report.get("errors", [])),
+                "errors_total": sum(report.get("error_counts", {}).values())
+                or len(report.get("errors", [])),
+            }
+            print(json.dumps(result), file=sys.stderr, flush=True)
+            results.append(result)
+            path.unlink()
+    print(json.dumps({"label": args.label, "src": str(args.src), "validate": results}, indent=2))
+    summary = ", ".join(f"{r['file_mib']} MiB: {r['peak_rss_mib']:.0f} MiB" for r in results)
+    print(f"peak RSS of ragtune validate ({args.label or args.src}): {summary}", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path(__file__).parent.parent / "src")
@@ -333,6 +396,7 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=100, help="words per synthetic chunk")
     parser.add_argument("--group", type=int, default=1024, help="chunks per add()")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--validate", type=int, default=0, help="MiB of JSONL to validate")
     args = parser.parse_args()
     if args.child:
         phase, n, folder = args.child
@@ -340,6 +404,8 @@ def main() -> int:
         return 0
     if args.keywords:
         return keywords_main(args)
+    if args.validate:
+        return validate_main(args)
     real_home = Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
     results = []
     with tempfile.TemporaryDirectory(prefix="ragtune-membench-") as tmp:

@@ -73,7 +73,7 @@ def collate(
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)  # (B, T)
     for r, s in enumerate(seqs):
         n = len(s.input_ids)
-        ids[r, :n] = torch.tensor(s.input_ids)
+        ids[r, :n] = torch.from_numpy(s.input_ids)
         mask[r, :n] = 1
-        labels[r, :n] = torch.tensor(s.labels)
+        labels[r, :n] = torch.from_numpy(s.labels)
     return ids.to(device), mask.to(device), labels.to(device)

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+import numpy as np
+
 from ragtune.errors import RagtuneError
 from ragtune.generate.prompts import render_chat_segments
 from ragtune.io import file_sha256
@@ -371,18 +373,23 @@ def _document_files(path: Path) -> list[Path]:
 # --- tokenization -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenSequence:
-    """One training sequence: token ids and labels (``IGNORE`` where nothing is trained)."""
+    """One training sequence: token ids and labels (``IGNORE`` where nothing is trained),
+    as int32 arrays: 8 bytes a token, where Python lists of ints take about 70."""
 
-    input_ids: list[int]
-    labels: list[int]
+    input_ids: np.ndarray  # (T,) int32
+    labels: np.ndarray  # (T,) int32
     example: int  # index of the Example it came from
+
+    @classmethod
+    def of(cls, input_ids: Sequence[int], labels: Sequence[int], example: int) -> TokenSequence:
+        return cls(np.asarray(input_ids, np.int32), np.asarray(labels, np.int32), example)
 
     @property
     def n_targets(self) -> int:
         """Positions that carry a loss: labelled tokens after the first (which has no context)."""
-        return sum(1 for t in self.labels[1:] if t != IGNORE)
+        return int(np.count_nonzero(self.labels[1:] != IGNORE))
 
 
 def bos_to_prepend(tokenizer: Any) -> int | None:
@@ -429,15 +436,15 @@ def split_sequence(
     document cut into consecutive windows (each keeping the BOS token), a conversation
     truncated at the end."""
     if len(ids) <= max_length:
-        return [TokenSequence(ids, labels, index)]
+        return [TokenSequence.of(ids, labels, index)]
     if not is_document(example):
-        return [TokenSequence(ids[:max_length], labels[:max_length], index)]
+        return [TokenSequence.of(ids[:max_length], labels[:max_length], index)]
     start = 1 if bos is not None else 0
     prefix = ids[:start]
     body, body_labels = ids[start:], labels[start:]
     width = max_length - len(prefix)
     return [
-        TokenSequence(
+        TokenSequence.of(
             prefix + body[s : s + width], [IGNORE] * len(prefix) + body_labels[s : s + width], index
         )
         for s in range(0, len(body), width)
