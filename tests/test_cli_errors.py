@@ -229,6 +229,80 @@ def test_ingest_uses_config_for_new_bases(
     assert manifest["counts"]["documents"] == 1  # big.txt is over max_file_mb
 
 
+def test_compare_and_make_qa_read_config(
+    ragtune_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import ragtune.evaluate.compare as compare
+
+    write_config(
+        ragtune_home,
+        '[generate]\nmodel = "/no/such/model"\nbatch_size = 7\ndevice = "cpu"\n'
+        'dtype = "float32"\n[ingest]\nchunk_tokens = 123\n[retrieve]\nmode = "bm25"\n',
+    )
+    seen = []
+
+    def fake_run(settings, inputs, out, say):  # type: ignore[no-untyped-def]
+        seen.append(settings)
+        return {"arms": {}, "verdict": {"text": ""}}
+
+    monkeypatch.setattr(compare, "run_compare", fake_run)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("")
+    assert main(["compare", "--questions", str(questions), "--out", str(tmp_path / "r")]) == 0
+    (s,) = seen
+    assert (s.model, s.batch_size, s.device, s.dtype) == ("/no/such/model", 7, "cpu", "float32")
+    assert (s.chunk_tokens, s.mode, s.embedder, s.chunk_overlap) == (123, "bm25", None, None)
+    assert (
+        main(["compare", "--questions", str(questions), "--out", "r", "--gen-batch-size", "2"]) == 0
+    )
+    assert seen[-1].batch_size == 2  # a flag wins
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Zorbland's capital is Vetrin.")
+    capsys.readouterr()
+    assert main(["make-qa", str(docs), "--out", str(tmp_path / "qa.jsonl")]) != 0
+    assert "/no/such/model" in capsys.readouterr().err  # the configured model was used
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "message"),
+    [
+        (
+            "compare",
+            '[generate]\nbatch_size = "big"',
+            "generate.batch_size in {} must be an integer",
+        ),
+        (
+            "compare",
+            "[ingest]\nchunk_overlap = 1.5",
+            "ingest.chunk_overlap in {} must be an integer",
+        ),
+        ("make-qa", "[generate]\nmodel = 3", "generate.model in {} must be a string, got 3"),
+        ("make-qa", '[generate]\ndevice = ["cpu"]', "generate.device in {} must be a string"),
+    ],
+)
+def test_compare_and_make_qa_report_bad_config(
+    ragtune_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    text: str,
+    message: str,
+) -> None:
+    path = write_config(ragtune_home, text)
+    argv = {
+        "compare": ["compare", "--questions", str(tmp_path / "q.jsonl"), "--out", str(tmp_path)],
+        "make-qa": ["make-qa", str(tmp_path), "--out", str(tmp_path / "qa.jsonl")],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(path)), err
+    assert "Traceback" not in err
+
+
 # --- unfinished runs --------------------------------------------------------------------
 
 

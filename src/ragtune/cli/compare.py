@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ragtune.cli.common import add_dtype_arg, console, print_json
 from ragtune.cli.tune import _auto_float, _auto_int
+from ragtune.config import Config, IngestConfig
 from ragtune.errors import RagtuneError
 
 if TYPE_CHECKING:
     from ragtune.evaluate.settings import CompareSettings
+
+T = TypeVar("T")
 
 DEMO_SCHEMA = (
     '{"type": "object", "required": ["answer", "confidence"], "additionalProperties": false,'
@@ -21,7 +24,14 @@ DEMO_SCHEMA = (
 DEMO_ANSWER = '{"answer": "{answer}", "confidence": "high"}'
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def _configured(value: T, builtin: T) -> T | None:
+    """A config.toml value where it differs from the built-in default, else None (so
+    compare keeps deciding its own default, as without the file)."""
+    return value if value != builtin else None
+
+
+def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
+    gen, ing = cfg.generate, cfg.ingest
     p = sub.add_parser(
         "compare",
         help="base vs RAG vs fine-tuned vs fine-tuned+RAG on held-out questions",
@@ -51,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--format-check", metavar="SPEC", help="regex:PATTERN, json, or json-schema:FILE|{...}"
     )
     p.add_argument("--format-instruction", help="how the prompt describes the required form")
-    p.add_argument("--model", default="default", help="base model: default or an HF folder")
+    p.add_argument("--model", default=gen.model, help="base model: default or an HF folder")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--epochs", type=_auto_int, default=None, metavar="auto|N")
     p.add_argument("--lr-multiplier", type=_auto_float, default=None, metavar="auto|X")
@@ -59,10 +69,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=_auto_int, default=None, metavar="auto|N", help="training batch size"
     )
     p.add_argument("-k", type=int, default=3, help="retrieved chunks per question")
-    p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
+    p.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default=cfg.retrieve.mode)
     p.add_argument("--context-tokens", type=int, default=1024)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--gen-batch-size", type=int, default=16, help="prompts per forward pass")
+    p.add_argument(
+        "--gen-batch-size", type=int, default=gen.batch_size, help="prompts per forward pass"
+    )
     p.add_argument("--max-questions", type=int, help="score a seeded random subset")
     p.add_argument(
         "--max-qa-pairs",
@@ -89,13 +101,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the comparison's knowledge base in RAGTUNE_HOME (default: removed)",
     )
-    p.add_argument("--embedder", help="embedder folder for the knowledge base (default MiniLM)")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend")
-    p.add_argument("--chunk-tokens", type=int)
-    p.add_argument("--chunk-overlap", type=int)
+    builtin = IngestConfig()
+    p.add_argument(
+        "--embedder",
+        default=_configured(ing.embedder, builtin.embedder),
+        help="embedder folder for the knowledge base (default MiniLM)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default=_configured(ing.backend, builtin.backend),
+        help="embedding backend",
+    )
+    p.add_argument(
+        "--chunk-tokens", type=int, default=_configured(ing.chunk_tokens, builtin.chunk_tokens)
+    )
+    p.add_argument(
+        "--chunk-overlap", type=int, default=_configured(ing.chunk_overlap, builtin.chunk_overlap)
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    add_dtype_arg(p, "training and generation in every arm")
+    p.add_argument("--device", default=gen.device)
+    add_dtype_arg(p, "training and generation in every arm", gen.dtype)
     p.add_argument("--json", action="store_true", help="print results.json's arm summary")
     p.set_defaults(func=cmd_compare)
 
@@ -106,8 +132,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-report"), metavar="REPORT_DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--freshness", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    add_dtype_arg(p, "training and generation in every arm")
+    p.add_argument("--device", default=gen.device)
+    add_dtype_arg(p, "training and generation in every arm", gen.dtype)
     p.set_defaults(func=cmd_demo)
 
 

@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 from ragtune.cli.common import console, print_json
+from ragtune.config import Config
 from ragtune.errors import RagtuneError
 from ragtune.io import write_text_atomic
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p = sub.add_parser(
         "make-qa",
         help="turn documents into question/answer training examples with paraphrases",
@@ -23,7 +24,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("docs", nargs="+", type=Path, metavar="DOCS")
     p.add_argument("--out", type=Path, required=True, help="training JSONL to write")
     p.add_argument(
-        "--model", "--base", dest="base", default="default", help="local generator model (Gemma)"
+        "--model",
+        "--base",
+        dest="base",
+        default=cfg.generate.model,
+        help="local generator model (Gemma)",
     )
     p.add_argument("--generator-url", help="OpenAI-compatible endpoint, e.g. http://host/v1")
     p.add_argument("--generator-model", default="default", help="model name at the endpoint")
@@ -32,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pairs", type=int, help="stop after this many kept pairs")
     p.add_argument("--system", help="system message for every example")
     p.add_argument("--seed", type=int, default=0, help="order in which passages are used")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=cfg.generate.device)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_qa)
 
