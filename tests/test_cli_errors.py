@@ -378,3 +378,84 @@ def test_no_library_noise_on_stderr(tmp_path: Path, tiny_embedder: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads(proc.stdout)["added"] == ["a.txt"]
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+FAULTS = Path(__file__).resolve().parent / "faults"  # sitecustomize.py: simulated ENOSPC
+
+
+def ragtune_on_full_disk(
+    home: Path, full: Path, *args: str, room: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``ragtune ARGS`` in a child whose writes under ``full`` fail with ENOSPC once
+    ``room`` bytes have been written there."""
+    env = {
+        **os.environ,
+        "RAGTUNE_HOME": str(home),
+        "PYTHONPATH": f"{FAULTS}{os.pathsep}{SRC}",
+        "RAGTUNE_FAULT_DIR": str(full),
+        "RAGTUNE_FAULT_ENOSPC_AFTER": str(room),
+    }
+    cmd = [sys.executable, "-m", "ragtune.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_fault_injection_works(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(FAULTS), "RAGTUNE_FAULT_DIR": str(tmp_path)}
+    code = f"open({str(tmp_path / 'x')!r}, 'w').write('abc')"
+    ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0  # no budget set: nothing changes
+    env["RAGTUNE_FAULT_ENOSPC_AFTER"] = "2"
+    full = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "No space left on device" in full.stderr
+
+
+def test_ingest_on_a_full_disk_keeps_the_previous_index(
+    ragtune_home: Path, tmp_path: Path, tiny_embedder: Path
+) -> None:
+    from ragtune.ingest.pipeline import ingest
+    from ragtune.retrieve.kb import KnowledgeBase
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "sea.txt").write_text("The sea is blue and the waves are loud.\n")
+    ingest([docs], "t", embedder=str(tiny_embedder), backend="torch")
+    folder = ragtune_home / "kb" / "t"
+    before = (folder / "manifest.json").read_text()
+    (docs / "volcano.txt").write_text("A brand new document about volcanoes.\n")
+    proc = ragtune_on_full_disk(ragtune_home, ragtune_home, "ingest", str(docs), "--kb", "t")
+    assert proc.returncode == 1, proc.stderr
+    line = one_error_line(proc)
+    assert line.startswith("error: No space left on device: ")
+    assert "free some space, or choose a folder on another disk" in line
+    assert (folder / "manifest.json").read_text() == before
+    assert not [p for p in folder.rglob("*") if ".tmp" in p.name]  # nothing half-written
+    kb = KnowledgeBase.open("t")
+    assert [h.chunk.doc_id for h in kb.search("waves", k=2, mode="bm25")] == ["docs/sea.txt"]
+    assert kb.search("volcanoes", k=2, mode="bm25") == []
+    report = ingest([docs], "t")  # with space again, the next ingest completes
+    assert report.added == ["docs/volcano.txt"]
+    kb = KnowledgeBase.open("t")
+    assert [h.chunk.doc_id for h in kb.search("volcanoes", k=2, mode="bm25")] == [
+        "docs/volcano.txt"
+    ]
+
+
+def test_tune_on_a_full_disk_leaves_no_half_written_run(tmp_path: Path, tiny_lm: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text((json.dumps(CHAT) + "\n") * 10)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args = ["tune", "--data", str(data), "--method", "lora", "--model", str(tiny_lm)]
+    # 20 kB: the run starts (manifest, events) and the disk fills at its first checkpoint,
+    # whose torch.save reports the OSError wrapped in a RuntimeError
+    out = disk / "run"
+    proc = ragtune_on_full_disk(tmp_path / "home", disk, *args, "--out", str(out), room=20_000)
+    assert proc.returncode == 1, proc.stderr
+    assert one_error_line(proc).startswith(f"error: No space left on device: {out}")
+    written = [p for p in disk.rglob("*") if p.is_file()]
+    assert not [p for p in written if ".tmp" in p.name]
+    for p in written:  # whatever is there is whole
+        if p.suffix == ".json":
+            json.loads(p.read_text())

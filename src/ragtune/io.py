@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 
 def fsync_dir(folder: Path) -> None:
@@ -49,10 +49,38 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write()
-            raise OSError(e.errno, e.strerror, str(path)) from e  # name the file
+        cause = _os_error_in(e)
+        if cause is not None:  # also when a library wrapped it (torch.save: RuntimeError)
+            raise_naming(cause, path)
         raise
     fsync_dir(path.parent)
+
+
+def _os_error_in(e: BaseException | None) -> OSError | None:
+    """``e`` if it is an OSError, else the first OSError it was raised from or during."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def raise_naming(e: OSError, path: Path) -> NoReturn:
+    """Re-raise ``e`` with ``path`` as its file name where it has none (ENOSPC from
+    ``write()`` names no file), so the one-line message can say which file."""
+    if e.filename is None:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    raise e
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` (UTF-8); an OSError names the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise_naming(e, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -192,17 +192,21 @@ class KeywordIndex:
         tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        listing = []
-        for seg, deleted in zip(self.segments, self.deleted, strict=True):
-            entry: dict[str, Any] = {"name": seg.name, "rows": seg.n_rows, "deleted": None}
-            if deleted.size:
-                entry["deleted"] = f"deleted-{seg.name}.npy"
-                save_npy(tmp / entry["deleted"], deleted)
-            listing.append(entry)
-        write_json_atomic(
-            tmp / "index.json",
-            {"format_version": FORMAT_VERSION, "kind": "bm25-lucene", "segments": listing},
-        )
+        try:
+            listing = []
+            for seg, deleted in zip(self.segments, self.deleted, strict=True):
+                entry: dict[str, Any] = {"name": seg.name, "rows": seg.n_rows, "deleted": None}
+                if deleted.size:
+                    entry["deleted"] = f"deleted-{seg.name}.npy"
+                    save_npy(tmp / entry["deleted"], deleted)
+                listing.append(entry)
+            write_json_atomic(
+                tmp / "index.json",
+                {"format_version": FORMAT_VERSION, "kind": "bm25-lucene", "segments": listing},
+            )
+        except BaseException:  # e.g. a full disk: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if folder.exists():  # left by a writer that died before publishing it
             shutil.rmtree(folder)
         os.replace(tmp, folder)

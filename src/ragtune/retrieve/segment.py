@@ -119,15 +119,19 @@ class Segment:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for key in _ARRAYS:
-            save_npy(tmp / f"{key}.npy", self.arrays[key])
-        for key in _BLOBS:
-            write_atomic(tmp / f"{key}.bin", self.arrays[key].tobytes())
-        meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "rows": self.n_rows}
-        meta["nnz"] = self.nnz
-        meta["bytes"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        write_json_atomic(tmp / "segment.json", meta)
-        os.replace(tmp, folder)
+        try:
+            for key in _ARRAYS:
+                save_npy(tmp / f"{key}.npy", self.arrays[key])
+            for key in _BLOBS:
+                write_atomic(tmp / f"{key}.bin", self.arrays[key].tobytes())
+            meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "rows": self.n_rows}
+            meta["nnz"] = self.nnz
+            meta["bytes"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+            write_json_atomic(tmp / "segment.json", meta)
+            os.replace(tmp, folder)
+        except BaseException:  # e.g. a full disk: leave nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fsync_dir(folder.parent)
         return Segment.open(folder)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragtune.errors import RagtuneError
-from ragtune.io import write_json_atomic
+from ragtune.io import append_text, write_json_atomic
 
 MANIFEST_VERSION = 1
 RUN_KIND = "ragtune-run"
@@ -32,8 +32,7 @@ class EventLog:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event) + "\n")
+        append_text(self.path, json.dumps(event) + "\n")
 
     def message(self, message: str, level: Level = "info", step: int = 0) -> None:
         self.write(
