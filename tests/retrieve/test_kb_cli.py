@@ -97,3 +97,29 @@ def test_eval_removes_its_knowledge_base_unless_kept(
     assert [p.name for p in (ragtune_home / "kb").iterdir()] == [kept]
     assert main([*args, "--modes", "bm25"]) == 0  # reuses the kept one, and keeps it
     assert [p.name for p in (ragtune_home / "kb").iterdir()] == [kept]
+
+
+def test_eval_searches_in_batches_with_the_same_metrics(
+    tmp_path: Path,
+    tiny_embedder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import ragtune.evaluate.retrieval as retrieval
+
+    args = [*beir(tmp_path), "--embedder", str(tiny_embedder), "--backend", "torch", "--json"]
+    assert main([*args, "--keep-kb"]) == 0
+    whole = json.loads(output(capsys))
+    monkeypatch.setattr(retrieval, "SEARCH_BATCH", 1)  # one query per search
+    scored = []
+    score = retrieval.score_rankings
+
+    def spy(rankings, qrels):  # type: ignore[no-untyped-def]
+        scored.append(sorted(rankings))
+        return score(rankings, qrels)
+
+    monkeypatch.setattr(retrieval, "score_rankings", spy)
+    assert main(args) == 0
+    batched = json.loads(output(capsys))
+    assert batched == whole and whole["_meta"]["queries"] == 2
+    assert scored == [["q1", "q2"]] * 3  # every query ranked, in each of the three modes

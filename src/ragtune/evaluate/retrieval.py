@@ -24,6 +24,9 @@ from ragtune.types import Hit, SearchMode
 Progress = Callable[[str, int, int], None]
 
 
+SEARCH_BATCH = 256  # queries searched together in eval retrieval
+
+
 def read_queries(path: Path) -> dict[str, str]:
     """BEIR queries.jsonl: one ``{"_id", "text"}`` per line."""
     out: dict[str, str] = {}
@@ -132,21 +135,24 @@ def evaluate_retrieval(
     depth = min(n_chunks, 100 * max(1, math.ceil(n_chunks / max(1, n_docs))))
     defaults = RetrieveConfig()
     results: dict[str, Any] = {}
-    texts = [query_text[q] for q in qids]
     for mode in modes:
-        hits = kb.search_many(
-            texts,
-            k=depth,
-            mode=mode,
-            candidates=depth,
-            fusion=fusion if fusion is not None else defaults.fusion,
-            rrf_k=rrf_k if rrf_k is not None else defaults.rrf_k,
-            bm25_weight=bm25_weight if bm25_weight is not None else defaults.bm25_weight,
-            dense_weight=dense_weight if dense_weight is not None else defaults.dense_weight,
-        )
-        if progress:
-            progress("search", len(qids), len(qids) * len(modes))
-        rankings = {q: doc_ranking(h) for q, h in zip(qids, hits, strict=True)}
+        rankings: dict[str, list[str]] = {}
+        # In batches: only the ranked document ids are kept, never every query's hits.
+        for start in range(0, len(qids), SEARCH_BATCH):
+            batch = qids[start : start + SEARCH_BATCH]
+            hits = kb.search_many(
+                [query_text[q] for q in batch],
+                k=depth,
+                mode=mode,
+                candidates=depth,
+                fusion=fusion if fusion is not None else defaults.fusion,
+                rrf_k=rrf_k if rrf_k is not None else defaults.rrf_k,
+                bm25_weight=bm25_weight if bm25_weight is not None else defaults.bm25_weight,
+                dense_weight=dense_weight if dense_weight is not None else defaults.dense_weight,
+            )
+            rankings.update((q, doc_ranking(h)) for q, h in zip(batch, hits, strict=True))
+            if progress:
+                progress("search", len(batch), len(qids) * len(modes))
         results[mode] = score_rankings(rankings, judgements)
     results["_meta"] = {
         "queries": len(qids),
