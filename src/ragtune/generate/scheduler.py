@@ -96,11 +96,17 @@ class RequestHandle:
 
 
 class Scheduler:
+    """Continuous batching over ragtune's own engine (:class:`GemmaEngine`). Subclasses
+    with another forward override :meth:`_prefill` and :meth:`_decode`."""
+
     def __init__(self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int]) -> None:
-        self.engine, self.tok, self.eos = engine, tokenizer, eos_ids
-        self.n_slots = engine.cache.slots
-        self.max_len = engine.cache.max_len
-        self.device = engine.w.device
+        self.engine = engine
+        self._setup(tokenizer, eos_ids, engine.cache.slots, engine.cache.max_len, engine.w.device)
+
+    def _setup(self, tokenizer: Any, eos_ids: set[int], n_slots: int, max_len: int,
+               device: torch.device) -> None:  # fmt: skip
+        self.tok, self.eos = tokenizer, eos_ids
+        self.n_slots, self.max_len, self.device = n_slots, max_len, device
         self.cond = threading.Condition()
         self.waiting: deque[Request] = deque()
         self.running: list[Request | None] = [None] * self.n_slots
@@ -145,9 +151,8 @@ class Scheduler:
                     return
                 admitted = self._take_waiting()
             try:
-                bank = self.engine.bank
                 for name in self._drain_evictions():
-                    bank.evict(name)
+                    self.engine.bank.evict(name)
                 for req in admitted:
                     self._admit(req)
                 for run in self.running:
@@ -196,14 +201,26 @@ class Scheduler:
         self.running[req.slot] = req
         req.started = time.perf_counter()
         with torch.inference_mode():
-            ids = torch.tensor(req.ids, device=self.device)
-            h = self.engine.prefill(ids, req.slot, req.lora_slot)
-            logits = self.engine.logits(h).float()  # (1, V)
+            logits = self._prefill(req)
         req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
-        self._accept(req, logits[0], None)
+        self._accept(req, logits, None)
+
+    def _prefill(self, req: Request) -> torch.Tensor:
+        """Run ``req``'s prompt into its cache slot; the (V,) fp32 logits after it."""
+        ids = torch.tensor(req.ids, device=self.device)
+        h = self.engine.prefill(ids, req.slot, req.lora_slot)
+        return self.engine.logits(h).float()[0]
 
     def _step(self) -> None:
         rows = [r for r in self.running if r is not None]
+        logits = self._decode(rows)
+        greedy = logits.argmax(-1).tolist()
+        self.steps += 1
+        for j, r in enumerate(rows):
+            self._accept(r, logits[j], greedy[j])
+
+    def _decode(self, rows: list[Request]) -> torch.Tensor:
+        """Feed every running request its next token; (B, V) fp32 logits."""
         dev = self.device
         slots = [r.slot for r in rows]
         lora = [r.lora_slot for r in rows]
@@ -214,11 +231,7 @@ class Scheduler:
             contiguous=slots == list(range(len(rows))),
         )
         tokens = torch.tensor([r.last for r in rows], device=dev)
-        logits = self.engine.logits(self.engine.decode(tokens, batch)).float()  # (B, V)
-        greedy = logits.argmax(-1).tolist()
-        self.steps += 1
-        for j, r in enumerate(rows):
-            self._accept(r, logits[j], greedy[j])
+        return self.engine.logits(self.engine.decode(tokens, batch)).float()
 
     def _accept(self, req: Request, logits: torch.Tensor, greedy: int | None) -> None:
         """Choose the next token of ``req`` from its (V,) logits and stream it."""
