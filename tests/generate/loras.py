@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ragtune.models import describe, load_lm
+from ragtune.tune.events import MANIFEST_VERSION, RUN_KIND
 from ragtune.tune.lora import apply_lora
 
 
@@ -25,6 +26,7 @@ def make_lora_run(base: Path, out: Path, rank: int, seed: int, b_scale: float = 
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(out / "merged")
     tok.save_pretrained(out / "merged")
-    manifest = {"format_version": 1, "method": "lora", "base_model": describe(base)}
+    manifest = {"format_version": MANIFEST_VERSION, "kind": RUN_KIND, "method": "lora",
+                "base_model": describe(base), "status": "done"}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out

@@ -36,7 +36,9 @@ __all__ = ["Completion", "Generation", "Generator", "SamplingParams", "TokenDelt
 log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
-Quantize = Literal["none", "int8"]
+# "int8": every projection and the output head; "int8-layers": the layers only, the head
+# (tied to the embedding) stays in the compute dtype
+Quantize = Literal["none", "int8", "int8-layers"]
 Backend = Literal["native", "llamacpp"]
 DEFAULT_SLOTS = 16
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -98,11 +100,12 @@ class Generator:
         from ragtune.generate.scheduler import Scheduler
 
         compute = dtype or next(model.parameters()).dtype
-        if quantize == "int8":
+        if quantize != "none":
             if self._device.type != "cpu":
                 raise RagtuneError("int8 weights are for the CPU", "drop --int8 on a GPU")
             compute = torch.bfloat16  # the int8 kernel's fast path takes bf16 activations
-        weights = GemmaWeights(model, compute, int8=quantize == "int8")
+        int8 = quantize != "none"
+        weights = GemmaWeights(model, compute, int8=int8, int8_head=quantize == "int8")
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
         cache = KVCache(spec, slots, self._max_context, compute, self._device)

@@ -79,9 +79,11 @@ class Layer:
 
 
 class GemmaWeights:
-    """The weights of one model, fused for inference. ``head`` is untied when quantized."""
+    """The weights of one model, fused for inference. ``head`` is untied when quantized
+    (``int8_head``), so the embedding lookup stays exact."""
 
-    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False,
+                 int8_head: bool = True) -> None:  # fmt: skip
         self.spec = GemmaSpec.from_config(model.config)
         s = self.spec
         inner = model.model
@@ -118,7 +120,11 @@ class GemmaWeights:
                 )
             )
         self.final_norm = norm(inner.norm)
-        self.head = Linear.make(model.lm_head.weight.detach().to(dtype), int8)
+        head = model.lm_head.weight.detach()
+        if head.data_ptr() == inner.embed_tokens.weight.data_ptr() and not (int8 and int8_head):
+            self.head = Linear(self.embed)  # still tied: one copy
+        else:
+            self.head = Linear.make(head.to(dtype), int8 and int8_head)
         # RoPE tables per layer type, from the model's own rotary module (any rope type).
         rot = inner.rotary_emb
         self.rope: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -160,7 +166,12 @@ class KVCache:
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma RMSNorm, ``x / rms(x) * (1 + w)`` computed in fp32 (w is already ``1 + w``)."""
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).mul_(w).to(x.dtype)
+    return F.rms_norm(x.float(), (x.shape[-1],), w, eps).to(x.dtype)
+
+
+def _qk_norm(qk: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The q- and k-norms at once: qk (..., heads, hd), w (heads, hd) = 1 + w per head."""
+    return F.rms_norm(qk.float(), (qk.shape[-1],), eps=eps).mul_(w).to(qk.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -241,7 +252,7 @@ class GemmaEngine:
             h = _rms(x, lw.in_norm, s.eps)
             qkv = self._attn_proj(i, h, lora)  # (T, (nh+2nkv)*hd)
             qk = qkv[:, : (nh + nkv) * hd].view(T, nh + nkv, hd)
-            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
+            qk = _qk_norm(qk, lw.qk_norm, s.eps)
             cos, sin = self.w.rope[lw.sliding]
             qk = _rope(qk, cos[:T, None], sin[:T, None])
             q, k = qk[:, :nh], qk[:, nh:]  # (T, nh, hd), (T, nkv, hd)
@@ -280,24 +291,27 @@ class GemmaEngine:
         x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
         n_glob = int(pos.max().item()) + 1
         n_loc = min(n_glob, c.ring)
-        ar = torch.arange(max(n_glob, n_loc), device=pos.device)
-        glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
-        # ring entry j holds a position <= pos; it is valid once written (j <= pos)
-        loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
-        ring_idx = pos % c.ring
+        # one row: every cached position it reads (up to pos) is its own, nothing to mask
+        masked = B > 1
+        if masked:
+            ar = torch.arange(n_glob, device=pos.device)
+            glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
+            # ring entry j holds a position <= pos; it is valid once written (j <= pos)
+            loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
+        # where each row's new K/V go in a layer's cache viewed as (slots * positions, ...)
+        flat = {True: slots * c.ring + pos % c.ring, False: slots * c.max_len + pos}
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
         for i, lw in enumerate(self.w.layers):
             h = _rms(x, lw.in_norm, s.eps)
             qkv = self._attn_proj(i, h, lora)  # (B, (nh+2nkv)*hd)
-            qk = qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd)
-            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
+            qk = _qk_norm(qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd), lw.qk_norm, s.eps)
             cos, sin = ropes[lw.sliding]
             qk = _rope(qk, cos, sin)
             v = qkv[:, (nh + nkv) * hd :].view(B, nkv, hd)
             kc, vc = c.k[i], c.v[i]
-            wpos = ring_idx if lw.sliding else pos
-            kc[slots, wpos] = qk[:, nh:]
-            vc[slots, wpos] = v
+            at = flat[lw.sliding]
+            kc.view(-1, nkv, hd).index_copy_(0, at, qk[:, nh:])
+            vc.view(-1, nkv, hd).index_copy_(0, at, v)
             n = n_loc if lw.sliding else n_glob
             if batch.contiguous:
                 K, V = kc[:B, :n], vc[:B, :n]
@@ -307,7 +321,8 @@ class GemmaEngine:
             # matmul-softmax-matmul (SDPA's CPU kernels are slow for one query position)
             scores = torch.matmul(qk[:, :nh].view(B, nkv, g, hd), K.permute(0, 2, 3, 1))
             scores = scores.float().mul_(s.scaling)  # (B, nkv, g, n)
-            scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
+            if masked:
+                scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
             probs = torch.softmax(scores, dim=-1).to(V.dtype)
             att = torch.matmul(probs, V.transpose(1, 2)).reshape(B, nh * hd)
             x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
