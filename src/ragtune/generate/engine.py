@@ -67,6 +67,16 @@ class Generator:
     allocated up front; ``max_adapters`` LoRA adapters stay loaded (LRU past that).
     """
 
+    tokenizer: Any
+    name: str
+    quantize: Quantize
+    backend: Backend
+    model: Any  # kept only for the transformers fallback
+    eos_ids: set[int]
+    _sched: Scheduler | None
+    _device: torch.device
+    _max_context: int
+
     def __init__(
         self,
         model: Any,
@@ -82,7 +92,7 @@ class Generator:
         import torch
 
         self._setup(tokenizer, name, quantize, next(model.parameters()).device)
-        self.model: Any = model  # kept only for the transformers fallback
+        self.model = model
         self._max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
@@ -125,12 +135,12 @@ class Generator:
         self.tokenizer = tokenizer
         self.name = name
         self.quantize = quantize
-        self.backend: Backend = "native"
+        self.backend = "native"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._adapters: dict[str, Path] = {}
         self._lock = threading.Lock()
-        self._sched: Scheduler | None = None
+        self._sched = None
         self._device = device
 
     @classmethod
