@@ -101,12 +101,13 @@ class LlamaCppScheduler(Scheduler):
         ptr = self.llm._ctx.get_logits_ith(-1)  # the last evaluated token's logits
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
 
-    def _prefill(self, req: Request) -> torch.Tensor:
+    def _prefill_many(self, reqs: list[Request]) -> torch.Tensor:
+        (req,) = reqs  # one slot: one request at a time
         if req.adapter is not None:  # Generator.add_adapter refuses first; kept as a guard
             raise RagtuneError("The llama.cpp backend serves no LoRA adapters")
         self.llm.reset()
         self.llm.eval(req.ids)
-        return self._logits()
+        return self._logits()[None]
 
     def _decode(self, rows: list[Request]) -> torch.Tensor:
         (req,) = rows

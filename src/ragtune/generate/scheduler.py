@@ -31,6 +31,8 @@ from ragtune.generate.sampling import (
 log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
+# prompt tokens prefilled in one pass at most (bounds the activations' memory)
+PREFILL_TOKENS = 8192
 
 
 @dataclass(eq=False)
@@ -97,7 +99,7 @@ class RequestHandle:
 
 class Scheduler:
     """Continuous batching over ragtune's own engine (:class:`GemmaEngine`). Subclasses
-    with another forward override :meth:`_prefill` and :meth:`_decode`."""
+    with another forward override :meth:`_prefill_many` and :meth:`_decode`."""
 
     def __init__(self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int]) -> None:
         self.engine = engine
@@ -153,8 +155,7 @@ class Scheduler:
             try:
                 for name in self._drain_evictions():
                     self.engine.bank.evict(name)
-                for req in admitted:
-                    self._admit(req)
+                self._admit(admitted)
                 for run in self.running:
                     if run is not None and run.cancelled:
                         self._end(run, "stop")
@@ -180,36 +181,48 @@ class Scheduler:
             out.append(self.waiting.popleft())
         return out
 
-    def _admit(self, req: Request) -> None:
-        if req.cancelled:
-            req.completion = self._completion(req)
-            self._close_request(req)
-            return
-        try:
-            if req.adapter is not None:
-                assert req.adapter_path is not None
-                lora = self.engine.bank.acquire(req.adapter, req.adapter_path)
-                if lora is None:  # every adapter slot is busy: wait for one
-                    with self.cond:
-                        self.waiting.appendleft(req)
-                    return
-                req.lora_slot = lora
-        except Exception as e:
-            self._fail(req, e)
-            return
-        req.slot = self.running.index(None)
-        self.running[req.slot] = req
-        req.started = time.perf_counter()
-        with torch.inference_mode():
-            logits = self._prefill(req)
-        req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
-        self._accept(req, logits, None)
+    def _admit(self, reqs: list[Request]) -> None:
+        """Give waiting requests a slot (and their adapter a bank slot), then prefill them
+        together, up to ``PREFILL_TOKENS`` prompt tokens per pass."""
+        ready: list[Request] = []
+        for req in reqs:
+            if req.cancelled:
+                req.completion = self._completion(req)
+                self._close_request(req)
+                continue
+            try:
+                if req.adapter is not None:
+                    assert req.adapter_path is not None
+                    lora = self.engine.bank.acquire(req.adapter, req.adapter_path)
+                    if lora is None:  # every adapter slot is busy: wait for one
+                        with self.cond:
+                            self.waiting.appendleft(req)
+                        continue
+                    req.lora_slot = lora
+            except Exception as e:
+                self._fail(req, e)
+                continue
+            req.slot = self.running.index(None)
+            self.running[req.slot] = req
+            req.started = time.perf_counter()
+            ready.append(req)
+        while ready:
+            group = [ready.pop(0)]
+            size = len(group[0].ids)
+            while ready and size + len(ready[0].ids) <= PREFILL_TOKENS:
+                size += len(ready[0].ids)
+                group.append(ready.pop(0))
+            with torch.inference_mode():
+                logits = self._prefill_many(group)
+            for req, row in zip(group, logits, strict=True):
+                req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
+                self._accept(req, row, None)
 
-    def _prefill(self, req: Request) -> torch.Tensor:
-        """Run ``req``'s prompt into its cache slot; the (V,) fp32 logits after it."""
-        ids = torch.tensor(req.ids, device=self.device)
-        h = self.engine.prefill(ids, req.slot, req.lora_slot)
-        return self.engine.logits(h).float()[0]
+    def _prefill_many(self, reqs: list[Request]) -> torch.Tensor:
+        """Run the requests' prompts into their cache slots; (n, V) fp32 logits after each."""
+        prompts = [torch.tensor(r.ids, device=self.device) for r in reqs]
+        h = self.engine.prefill_many(prompts, [r.slot for r in reqs], [r.lora_slot for r in reqs])
+        return self.engine.logits(h).float()
 
     def _step(self) -> None:
         rows = [r for r in self.running if r is not None]
