@@ -23,6 +23,15 @@ def test_backend_needs_a_gguf_file(tmp_path: Path) -> None:
         Generator.load("default", backend="llamacpp", quantize="int8")
 
 
+def test_ask_backend_flag_refuses_a_model_folder(
+    tiny_lm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ragtune.cli import main
+
+    assert main(["ask", "Why?", "--model", str(tiny_lm), "--backend", "llamacpp"]) == 2
+    assert "needs a GGUF file" in capsys.readouterr().err
+
+
 def test_backend_says_when_llama_cpp_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,3 +101,19 @@ def test_llamacpp_backend_greedy_equals_llamacpp_itself(llamacpp_gen: Generator)
     assert s1.text == s2.text
     with pytest.raises(RagtuneError, match="no LoRA adapters"):
         g.add_adapter("x", "anything")
+
+
+@pytest.mark.integration
+def test_ask_with_the_llamacpp_backend(
+    llamacpp_gen: Generator, models_home: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    import json
+
+    from ragtune.cli import main
+
+    monkeypatch.setenv("RAGTUNE_HOME", str(models_home))
+    args = ["ask", "What is the capital of France?", "--backend", "llamacpp", "--json"]
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out["answer"], str) and out["timings"]["generate_s"] > 0
