@@ -87,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppl-tokens", type=int, default=256)
     ap.add_argument("--max-questions", type=int, help="only the first N world questions")
     ap.add_argument("--refs", default="fp32,bf16", help="reference precisions")
+    ap.add_argument(
+        "--variants",
+        default="int8",
+        help="int8 variants to check: int8 (layers and head), int8-layers (head in bf16)",
+    )
     args = ap.parse_args(argv)
     texts = heldout_texts(args.ppl_docs)
     questions, contexts = world_arms()
     questions, contexts = questions[: args.max_questions], contexts[: args.max_questions]
     refs = [r for r in args.refs.split(",") if r]
+    variants = [v for v in args.variants.split(",") if v]
     out: dict[str, object] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
         "questions": len(questions),
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none")}
     for name, (dtype, quant) in [
         *((r, precisions[r]) for r in refs),
-        ("int8", ("bfloat16", "int8")),
+        *((v, ("bfloat16", v)) for v in variants),
     ]:
         g = Generator.load("default", device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
         out[f"perplexity_{name}"] = perplexity(g, texts, args.ppl_tokens)
@@ -111,27 +117,34 @@ def main(argv: list[str] | None = None) -> int:
             "rag": [a.text for a in answer_questions(questions, g, contexts=contexts)],
         }
         g.close()
-    for ref in refs:
+    # every variant against every reference, and bf16 against fp32 (how often two full
+    # precisions already disagree: the floor any quantization is judged against)
+    pairs = [(v, r) for v in variants for r in refs]
+    if "bf16" in refs and "fp32" in refs:
+        pairs.append(("bf16", "fp32"))
+    for name, ref in pairs:
         ppl_ref = float(out[f"perplexity_{ref}"])  # type: ignore[arg-type]
-        out[f"int8_perplexity_change_vs_{ref}"] = float(out["perplexity_int8"]) / ppl_ref - 1  # type: ignore[arg-type]
+        out[f"{name}_perplexity_change_vs_{ref}"] = float(out[f"perplexity_{name}"]) / ppl_ref - 1  # type: ignore[arg-type]
         for arm in ("closed_book", "rag"):
             same = [
                 normalize_answer(a) == normalize_answer(b)
-                for a, b in zip(answers["int8"][arm], answers[ref][arm], strict=True)
+                for a, b in zip(answers[name][arm], answers[ref][arm], strict=True)
             ]
-            out[f"int8_same_answer_{arm}_vs_{ref}"] = sum(same) / len(same)
+            out[f"{name}_same_answer_{arm}_vs_{ref}"] = sum(same) / len(same)
     out["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         ref = refs[0]
-        print(
-            f"int8 perplexity {out['perplexity_int8']:.3f} vs {ref} {out[f'perplexity_{ref}']:.3f}"
-            f" ({100 * float(out[f'int8_perplexity_change_vs_{ref}']):+.2f}%); "  # type: ignore[arg-type]
-            f"same answers vs {ref}: "
-            f"closed-book {out[f'int8_same_answer_closed_book_vs_{ref}']:.1%}, "
-            f"rag {out[f'int8_same_answer_rag_vs_{ref}']:.1%}"
-        )
+        for v in variants:
+            print(
+                f"{v} perplexity {out[f'perplexity_{v}']:.3f} vs {ref} "
+                f"{out[f'perplexity_{ref}']:.3f} "
+                f"({100 * float(out[f'{v}_perplexity_change_vs_{ref}']):+.2f}%); "  # type: ignore[arg-type]
+                f"same answers vs {ref}: "
+                f"closed-book {out[f'{v}_same_answer_closed_book_vs_{ref}']:.1%}, "
+                f"rag {out[f'{v}_same_answer_rag_vs_{ref}']:.1%}"
+            )
     return 0
 
 

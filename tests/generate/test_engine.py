@@ -78,6 +78,28 @@ def test_kv_cached_logits_equal_a_full_forward(generator: Generator, hf: tuple) 
     torch.testing.assert_close(torch.stack(got), ref[T - 1 : -1], atol=2e-5, rtol=1e-4)
 
 
+def test_packed_prefill_equals_each_prompt_alone(generator: Generator) -> None:
+    """Several prompts prefilled in one packed pass (one longer than the sliding window)
+    give each prompt's own last-token logits and fill each slot's cache as alone."""
+    eng = generator.scheduler.engine
+    tok = generator.tokenizer
+    prompts = [torch.tensor(tok(p)["input_ids"]) for p in (PROMPTS[0], LONG, PROMPTS[3])]
+    with torch.inference_mode():
+        alone_logits, caches = [], []
+        for p in prompts:  # the positions each prompt writes: min(T, the layer's cache size)
+            alone_logits.append(eng.logits(eng.prefill(p, 0, -1))[0])
+            n = len(p)
+            kv = zip(eng.cache.k, eng.cache.v, strict=True)
+            caches.append([(k[0, :n].clone(), v[0, :n].clone()) for k, v in kv])
+        packed = eng.logits(eng.prefill_many(prompts, [1, 2, 3], [-1, -1, -1]))
+    torch.testing.assert_close(packed, torch.stack(alone_logits), atol=1e-5, rtol=1e-5)
+    for slot, p, cache in zip([1, 2, 3], prompts, caches, strict=True):
+        for layer, (k, v) in enumerate(cache):
+            n = len(p)
+            torch.testing.assert_close(eng.cache.k[layer][slot, :n], k, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(eng.cache.v[layer][slot, :n], v, atol=1e-5, rtol=1e-5)
+
+
 def test_batched_equals_one_at_a_time(generator: Generator) -> None:
     one = [generator.generate([p], max_new_tokens=8, stop=())[0] for p in PROMPTS]
     batched = generator.generate(PROMPTS, max_new_tokens=8, stop=(), batch_size=4)

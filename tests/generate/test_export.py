@@ -16,6 +16,7 @@ from ragtune.errors import RagtuneError
 from ragtune.generate.engine import Generator
 from ragtune.generate.export import gguf_name
 from ragtune.models import load_lm
+from tests.generate.loras import make_lora_run
 
 PROMPTS = ["Question: What is the capital of France?\nAnswer:", "The quick brown fox"]
 
@@ -34,10 +35,10 @@ def _hf_greedy(model: object, tok: object, prompt: str, n: int) -> list[int]:
     return out[0, ids["input_ids"].shape[1] :].tolist()
 
 
-def _ragtune_greedy(g: Generator, prompt: str, n: int) -> list[int]:
+def _ragtune_greedy(g: Generator, prompt: str, n: int, adapter: str | None = None) -> list[int]:
     from ragtune.generate.engine import SamplingParams
 
-    h = g.submit(prompt, SamplingParams(max_tokens=n))
+    h = g.submit(prompt, SamplingParams(max_tokens=n), adapter)
     h.result()
     return list(h._req.tokens)
 
@@ -102,3 +103,75 @@ def test_gguf_export_greedy_parity(default_lm: Path, tmp_path: Path) -> None:
             if len(got) == 8:
                 break
         assert got == expected[p]
+
+
+def test_adapter_gguf_has_llamacpp_lora_layout(tiny_lm: Path, tmp_path: Path) -> None:
+    """The adapter GGUF: general.type/adapter.type/alpha as llama.cpp reads them, and
+    every PEFT A and B under `<base tensor>.lora_a` / `.lora_b`, values unchanged."""
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    from ragtune.generate.export import write_adapter_gguf
+
+    run = make_lora_run(tiny_lm, tmp_path / "run", rank=4, seed=0, b_scale=0.1)
+    out = tmp_path / "adapter.gguf"
+    write_adapter_gguf(run / "adapter", out)
+    reader = GGUFReader(str(out))
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert fields["general.architecture"] == "gemma3"
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 8.0  # alpha = 2r, as trained (scale 2)
+    tensors = {t.name: t for t in reader.tensors}
+    peft = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert len(tensors) == len(peft) == 2 * 7 * 2  # A and B of 7 projections, 2 layers
+    for key, value in peft.items():
+        layer, rest = key.split("layers.")[1].split(".", 1)
+        module = ".".join(rest.split(".")[:2])
+        ab = "lora_a" if ".lora_A." in key else "lora_b"
+        name = f"{gguf_name(f'model.layers.{layer}.{module}.weight')}.{ab}"
+        got = torch.from_numpy(tensors[name].data.copy()).reshape(value.shape)
+        assert torch.equal(got, value.float()), name
+
+
+def test_adapter_export_needs_a_lora_run(tiny_lm: Path, tmp_path: Path) -> None:
+    run = _fake_run(tiny_lm, tmp_path / "run")  # a full fine-tune: no adapter/
+    args = ["export", str(run), "--format", "gguf", "--adapter", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    args[3] = "safetensors"
+    assert main(args) == 2
+
+
+@pytest.mark.integration
+def test_gguf_adapter_export_greedy_parity_in_llamacpp(default_lm: Path, tmp_path: Path) -> None:
+    """A LoRA run on the default model exported as base GGUF + LoRA-adapter GGUF: llama.cpp
+    loading base + adapter gives ragtune's greedy tokens with the adapter unmerged (and
+    they differ from the base's, so the adapter is really applied)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    run = make_lora_run(default_lm, tmp_path / "run", rank=8, seed=0, b_scale=0.02)
+    out = tmp_path / "gguf"
+    assert main(["export", str(run), "--format", "gguf", "--adapter", "--gguf-type", "f32",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "Modelfile").read_text().startswith("FROM ./base.gguf\nADAPTER ./adapter.gguf\n")
+    g = Generator.load(str(default_lm), device="cpu", dtype="float32", slots=1, max_seq_len=256)
+    g.add_adapter("run", run)
+    expected = {p: _ragtune_greedy(g, p, 8, "run") for p in PROMPTS}
+    base_tokens = {p: _ragtune_greedy(g, p, 8) for p in PROMPTS}
+    g.close()
+    assert expected != base_tokens
+    for lora in (str(out / "adapter.gguf"), None):
+        llm = llama_cpp.Llama(str(out / "base.gguf"), n_ctx=256, lora_path=lora, verbose=False)
+        for p in PROMPTS:
+            want = expected[p] if lora else base_tokens[p]
+            assert _llamacpp_greedy(llm, p, 8) == want, (p, lora)
+        del llm
+
+
+def _llamacpp_greedy(llm: object, prompt: str, n: int) -> list[int]:
+    llm.reset()  # type: ignore[attr-defined]
+    toks = llm.tokenize(prompt.encode(), add_bos=True, special=True)  # type: ignore[attr-defined]
+    got: list[int] = []
+    for t in llm.generate(toks, temp=0.0):  # type: ignore[attr-defined]
+        got.append(t)
+        if len(got) == n:
+            break
+    return got

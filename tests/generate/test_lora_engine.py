@@ -13,32 +13,15 @@ import torch
 from ragtune.errors import RagtuneError
 from ragtune.generate.engine import Generator, SamplingParams
 from ragtune.generate.gemma import Batch
-from ragtune.models import load_lm
-from ragtune.tune.lora import apply_lora
+from tests.generate.loras import make_lora_run
 
 PROMPTS = ["Question: What is the capital of France?\nAnswer:", "The quick brown fox", "Zorb"]
-
-
-def _make_adapter(tiny_lm: Path, out: Path, rank: int, seed: int) -> Path:
-    """A PEFT adapter with random (non-zero) A and B, and its merged model."""
-    model, tok = load_lm(str(tiny_lm), device="cpu", dtype="float32")
-    peft_model = apply_lora(model, rank=rank, alpha=2 * rank, dropout=0.0, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    peft_model.save_pretrained(out / "adapter")
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(out / "merged")
-    tok.save_pretrained(out / "merged")
-    return out
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
-        f"a{i}": _make_adapter(tiny_lm, tmp_path_factory.mktemp(f"lora{i}"), rank, seed)
+        f"a{i}": make_lora_run(tiny_lm, tmp_path_factory.mktemp(f"lora{i}"), rank, seed)
         for i, (rank, seed) in enumerate([(4, 1), (8, 2), (2, 3)])
     }
 

@@ -74,6 +74,12 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
     p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
+    p.add_argument(
+        "--backend",
+        choices=["native", "llamacpp"],
+        default="native",
+        help="llamacpp: run a GGUF (--model default or a .gguf file) with llama-cpp-python",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask, batch_size=cfg.generate.batch_size)
 
@@ -88,6 +94,12 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
     p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
+    p.add_argument(
+        "--backend",
+        choices=["native", "llamacpp"],
+        default="native",
+        help="llamacpp: run a GGUF (--model default or a .gguf file) with llama-cpp-python",
+    )
     p.set_defaults(func=cmd_chat, batch_size=cfg.generate.batch_size)
 
     p = sub.add_parser("eval", help="evaluate retrieval on a BEIR-layout data set")
@@ -203,7 +215,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         timings["retrieve_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     generator = Generator.load(
-        args.model, args.device, args.dtype, quantize="int8" if args.int8 else "none"
+        args.model,
+        args.device,
+        args.dtype,
+        quantize="int8" if args.int8 else "none",
+        backend=args.backend,
     )
     timings["load_model_s"] = time.perf_counter() - t1
     answer = answer_questions(
@@ -260,7 +276,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     kb = KnowledgeBase.open(args.kb, device=args.device) if args.kb else None
     generator = Generator.load(
-        args.model, args.device, args.dtype, quantize="int8" if args.int8 else "none"
+        args.model,
+        args.device,
+        args.dtype,
+        quantize="int8" if args.int8 else "none",
+        backend=args.backend,
     )
     out = console()
     out.print(

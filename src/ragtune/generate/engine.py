@@ -36,7 +36,10 @@ __all__ = ["Completion", "Generation", "Generator", "SamplingParams", "TokenDelt
 log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
-Quantize = Literal["none", "int8"]
+# "int8": every projection and the output head; "int8-layers": the layers only, the head
+# (tied to the embedding) stays in the compute dtype
+Quantize = Literal["none", "int8", "int8-layers"]
+Backend = Literal["native", "llamacpp"]
 DEFAULT_SLOTS = 16
 DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_MAX_ADAPTERS = 8
@@ -64,6 +67,16 @@ class Generator:
     allocated up front; ``max_adapters`` LoRA adapters stay loaded (LRU past that).
     """
 
+    tokenizer: Any
+    name: str
+    quantize: Quantize
+    backend: Backend
+    model: Any  # kept only for the transformers fallback
+    eos_ids: set[int]
+    _sched: Scheduler | None
+    _device: torch.device
+    _max_context: int
+
     def __init__(
         self,
         model: Any,
@@ -78,16 +91,8 @@ class Generator:
     ) -> None:
         import torch
 
-        self.tokenizer = tokenizer
-        self.name = name
-        self.quantize = quantize
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self._adapters: dict[str, Path] = {}
-        self._lock = threading.Lock()
-        self.model: Any = model  # kept only for the transformers fallback
-        self._sched: Scheduler | None = None
-        self._device = next(model.parameters()).device
+        self._setup(tokenizer, name, quantize, next(model.parameters()).device)
+        self.model = model
         self._max_context = int(getattr(model.config, "max_position_embeddings", 2048))
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
@@ -105,11 +110,12 @@ class Generator:
         from ragtune.generate.scheduler import Scheduler
 
         compute = dtype or next(model.parameters()).dtype
-        if quantize == "int8":
+        if quantize != "none":
             if self._device.type != "cpu":
                 raise RagtuneError("int8 weights are for the CPU", "drop --int8 on a GPU")
             compute = torch.bfloat16  # the int8 kernel's fast path takes bf16 activations
-        weights = GemmaWeights(model, compute, int8=quantize == "int8")
+        int8 = quantize != "none"
+        weights = GemmaWeights(model, compute, int8=int8, int8_head=quantize == "int8")
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
         cache = KVCache(spec, slots, self._max_context, compute, self._device)
@@ -125,6 +131,44 @@ class Generator:
         self._sched = Scheduler(GemmaEngine(weights, cache, bank), tokenizer, self.eos_ids)
         self.model = None  # the fused weights replace it; the layers' memory is freed
 
+    def _setup(self, tokenizer: Any, name: str, quantize: Quantize, device: torch.device) -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        self.quantize = quantize
+        self.backend = "native"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._adapters: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self._sched = None
+        self._device = device
+
+    @classmethod
+    def load_llamacpp(
+        cls, name_or_path: str = "default", max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN
+    ) -> Generator:
+        """A GGUF model (``default``: the Q4_K_M file the default model ships as) run by
+        llama.cpp (:mod:`ragtune.generate.llamacpp`); needs ``llama-cpp-python``."""
+        import torch
+
+        from ragtune.generate import llamacpp
+
+        path = llamacpp.gguf_path(name_or_path)
+        tokenizer = llamacpp.hf_tokenizer(name_or_path, path)
+        n_ctx = max_seq_len or DEFAULT_MAX_SEQ_LEN
+        llm = llamacpp.load_llama(path, n_ctx)
+        llamacpp.check_same_vocab(llm, tokenizer)
+        self = cls.__new__(cls)
+        self._setup(tokenizer, str(path), "none", torch.device("cpu"))
+        self.backend = "llamacpp"
+        self.model = None
+        self._max_context = min(n_ctx, int(llm.n_ctx()))
+        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        eos = {tokenizer.eos_token_id, int(llm.token_eos()), end_of_turn}
+        self.eos_ids = {int(e) for e in eos if e is not None and e != tokenizer.unk_token_id}
+        self._sched = llamacpp.LlamaCppScheduler(llm, tokenizer, self.eos_ids, self._max_context)
+        return self
+
     @classmethod
     def load(
         cls,
@@ -136,7 +180,17 @@ class Generator:
         slots: int = DEFAULT_SLOTS,
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        backend: Backend = "native",
     ) -> Generator:
+        """``backend="llamacpp"`` runs a GGUF model with llama.cpp instead (see
+        :meth:`load_llamacpp`; CPU, no int8 or adapters)."""
+        if backend == "llamacpp":
+            if quantize != "none" or device not in ("auto", "cpu"):
+                raise RagtuneError(
+                    "The llama.cpp backend runs its GGUF as stored, on the CPU",
+                    "drop --int8 / --device, or use the native backend",
+                )
+            return cls.load_llamacpp(name_or_path, max_seq_len)
         from ragtune.models import load_lm, resolve_lm
 
         model, tokenizer = load_lm(name_or_path, device=device, dtype=dtype)
@@ -242,6 +296,12 @@ class Generator:
         from ragtune.generate.lora import resolve_adapter
 
         self.scheduler  # noqa: B018  (raises when the model has no native engine)
+        if self.backend != "native":
+            raise RagtuneError(
+                "The llama.cpp backend serves no LoRA adapters",
+                "use the native backend, or load `ragtune export RUN --format gguf --adapter` "
+                "output in llama.cpp",
+            )
         folder = resolve_adapter(path)
         with self._lock:
             old = self._adapters.get(name)

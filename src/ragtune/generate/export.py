@@ -61,11 +61,13 @@ def gguf_name(hf_name: str) -> str | None:
     raise RagtuneError(f"No GGUF name for weight {hf_name}", "only Gemma 3 text models export")
 
 
-def modelfile(from_ref: str) -> str:
-    """An Ollama Modelfile for a Gemma 3 chat model stored at ``from_ref``."""
+def modelfile(from_ref: str, adapter: str | None = None) -> str:
+    """An Ollama Modelfile for a Gemma 3 chat model stored at ``from_ref`` (and a LoRA
+    adapter GGUF applied on it)."""
     return (
         f"FROM {from_ref}\n"
-        'TEMPLATE """{{- range .Messages }}<start_of_turn>'
+        + (f"ADAPTER {adapter}\n" if adapter else "")
+        + 'TEMPLATE """{{- range .Messages }}<start_of_turn>'
         '{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n'
         '{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n"""\n'
         'PARAMETER stop "<end_of_turn>"\n'
@@ -95,6 +97,15 @@ def export_safetensors(run_dir: Path, out: Path) -> Path:
 
 def export_gguf(run_dir: Path, out: Path, tensor_type: GgufType = "f16") -> Path:
     """Write the run's merged model as one GGUF file ``out`` (+ ``Modelfile`` beside it)."""
+    src = _merged_folder(run_dir)
+    write_model_gguf(src, out, tensor_type)
+    write_text_atomic(out.parent / "Modelfile", modelfile(f"./{out.name}"))
+    _manifest(out.with_suffix(".export.json"), run_dir, src, "gguf", tensor_type)
+    return out
+
+
+def write_model_gguf(src: Path, out: Path, tensor_type: GgufType) -> None:
+    """Write the Gemma 3 model folder ``src`` as one GGUF file ``out``."""
     import numpy as np
     import torch
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
@@ -102,7 +113,6 @@ def export_gguf(run_dir: Path, out: Path, tensor_type: GgufType = "f16") -> Path
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
 
-    src = _merged_folder(run_dir)
     config = AutoConfig.from_pretrained(str(src))
     if getattr(config, "model_type", "") != "gemma3_text":
         raise RagtuneError(
@@ -155,9 +165,65 @@ def export_gguf(run_dir: Path, out: Path, tensor_type: GgufType = "f16") -> Path
     writer.write_tensors_to_file()
     writer.close()
     tmp.replace(out)
-    write_text_atomic(out.parent / "Modelfile", modelfile(f"./{out.name}"))
-    _manifest(out.with_suffix(".export.json"), run_dir, src, "gguf", tensor_type)
+
+
+def export_gguf_adapter(run_dir: Path, out: Path, tensor_type: GgufType = "f16") -> Path:
+    """Write a LoRA run as base + adapter in folder ``out``: ``base.gguf`` (the run's base
+    model), ``adapter.gguf`` (llama.cpp's LoRA-adapter form) and a Modelfile using both."""
+    from ragtune.generate.lora import resolve_adapter
+    from ragtune.models import resolve_lm
+    from ragtune.tune.diff import base_of_run
+
+    if not (run_dir / "adapter" / "adapter_config.json").exists():
+        raise RagtuneError(
+            f"{run_dir} has no LoRA adapter (adapter/adapter_config.json)",
+            "pass a run folder from `ragtune tune --method lora`, or drop --adapter",
+        )
+    adapter = resolve_adapter(run_dir)
+    base = resolve_lm(base_of_run(run_dir))
+    if out.exists() and any(out.iterdir()):
+        raise RagtuneError(f"{out} exists and is not empty", "pass a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_model_gguf(base, out / "base.gguf", tensor_type)
+    write_adapter_gguf(adapter, out / "adapter.gguf")
+    write_text_atomic(out / "Modelfile", modelfile("./base.gguf", adapter="./adapter.gguf"))
+    _manifest(out / "export.json", run_dir, base, "gguf-adapter", tensor_type)
     return out
+
+
+def write_adapter_gguf(adapter: Path, out: Path) -> None:
+    """Write the PEFT LoRA folder ``adapter`` as a llama.cpp LoRA adapter GGUF.
+
+    The layout is the one llama.cpp's ``convert_lora_to_gguf.py`` writes and
+    ``llama_adapter_lora_init`` reads: ``general.type = "adapter"``, ``adapter.type =
+    "lora"``, ``adapter.lora.alpha``, and for every adapted weight ``<name>.lora_a`` (A,
+    r × in) and ``<name>.lora_b`` (B, out × r) under the base tensor's name. llama.cpp
+    scales ``B A`` by ``alpha / r``; for rsLoRA (``alpha / sqrt r``) the alpha written is
+    ``alpha · sqrt r``, so the scale is the one the adapter was trained with. f32.
+    """
+    import numpy as np
+    from gguf import GGUFType, GGUFWriter, Keys
+
+    from ragtune.generate.lora import GROUPS, read_peft_lora
+
+    peft = read_peft_lora(adapter)
+    attn = set(GROUPS["qkv"] + GROUPS["o"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = GGUFWriter(str(tmp), arch="gemma3")
+    writer.add_type(GGUFType.ADAPTER)
+    writer.add_string(Keys.Adapter.TYPE, "lora")
+    writer.add_float32(Keys.Adapter.LORA_ALPHA, peft.scale * peft.rank)
+    for (layer, mod), (a, b) in sorted(peft.weights.items()):
+        block = "self_attn" if mod in attn else "mlp"
+        name = gguf_name(f"model.layers.{layer}.{block}.{mod}.weight")
+        writer.add_tensor(f"{name}.lora_a", a.numpy().astype(np.float32))
+        writer.add_tensor(f"{name}.lora_b", b.numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(out)
 
 
 def _base_gguf() -> Path:
@@ -190,7 +256,12 @@ def _manifest(path: Path, run_dir: Path, src: Path, fmt: str, tensor_type: str |
     write_json_atomic(path, record)
 
 
-def export(run_dir: Path, fmt: ExportFormat, out: Path, gguf_type: GgufType = "f16") -> Path:
+def export(run_dir: Path, fmt: ExportFormat, out: Path, gguf_type: GgufType = "f16",
+           adapter: bool = False) -> Path:  # fmt: skip
+    if adapter and fmt != "gguf":
+        raise RagtuneError("--adapter is for --format gguf", "add --format gguf")
     if fmt == "safetensors":
         return export_safetensors(run_dir, out)
+    if adapter:
+        return export_gguf_adapter(run_dir, out, gguf_type)
     return export_gguf(run_dir, out, gguf_type)

@@ -79,9 +79,11 @@ class Layer:
 
 
 class GemmaWeights:
-    """The weights of one model, fused for inference. ``head`` is untied when quantized."""
+    """The weights of one model, fused for inference. ``head`` is untied when quantized
+    (``int8_head``), so the embedding lookup stays exact."""
 
-    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False,
+                 int8_head: bool = True) -> None:  # fmt: skip
         self.spec = GemmaSpec.from_config(model.config)
         s = self.spec
         inner = model.model
@@ -118,7 +120,11 @@ class GemmaWeights:
                 )
             )
         self.final_norm = norm(inner.norm)
-        self.head = Linear.make(model.lm_head.weight.detach().to(dtype), int8)
+        head = model.lm_head.weight.detach()
+        if head.data_ptr() == inner.embed_tokens.weight.data_ptr() and not (int8 and int8_head):
+            self.head = Linear(self.embed)  # still tied: one copy
+        else:
+            self.head = Linear.make(head.to(dtype), int8 and int8_head)
         # RoPE tables per layer type, from the model's own rotary module (any rope type).
         rot = inner.rotary_emb
         self.rope: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -160,7 +166,12 @@ class KVCache:
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma RMSNorm, ``x / rms(x) * (1 + w)`` computed in fp32 (w is already ``1 + w``)."""
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).mul_(w).to(x.dtype)
+    return F.rms_norm(x.float(), (x.shape[-1],), w, eps).to(x.dtype)
+
+
+def _qk_norm(qk: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """The q- and k-norms at once: qk (..., heads, hd), w (heads, hd) = 1 + w per head."""
+    return F.rms_norm(qk.float(), (qk.shape[-1],), eps=eps).mul_(w).to(qk.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -224,50 +235,83 @@ class GemmaEngine:
         """Run one request's prompt (T,) from position 0, filling cache ``slot``; returns
         the (1, H) hidden state of its last token (every position's, (T, H), when
         ``all_positions``, e.g. for perplexity)."""
+        return self.prefill_many([tokens], [slot], [lora_slot], all_positions)
+
+    def prefill_many(
+        self,
+        prompts: list[torch.Tensor],
+        slots: list[int],
+        lora_slots: list[int],
+        all_positions: bool = False,
+    ) -> torch.Tensor:
+        """Prefill several requests' prompts in one pass: their tokens are packed into one
+        (sum T, H) sequence for every projection and MLP (few large matmuls instead of many
+        small ones); attention runs per request on its own rows. Returns each request's
+        last hidden state (n, H), or every row's when ``all_positions``."""
         s, c = self.spec, self.cache
-        T = tokens.shape[0]
         nh, nkv, hd = s.n_heads, s.n_kv, s.head_dim
-        dev = tokens.device
+        lens = [int(p.shape[0]) for p in prompts]
+        ends = torch.tensor(lens).cumsum(0).tolist()
+        spans = [(e - n, e) for n, e in zip(lens, ends, strict=True)]
+        tokens = prompts[0] if len(prompts) == 1 else torch.cat(prompts)
+        N, dev = tokens.shape[0], tokens.device
         lora = None
-        if lora_slot >= 0:
-            lora = self.bank.masks(torch.full((T,), lora_slot, device=dev))
-        x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (T, H)
-        pos = torch.arange(T, device=dev)
-        need_mask = c.ring < T
-        if need_mask:  # sliding layers: key j visible from query i iff i - window < j <= i
-            d = pos[:, None] - pos[None, :]
-            local_mask = (d >= 0) & (d < s.window)  # (T, T)
+        if max(lora_slots) >= 0:
+            per_row = torch.tensor(lora_slots, device=dev)
+            lora = self.bank.masks(per_row.repeat_interleave(torch.tensor(lens, device=dev)))
+        x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (N, H)
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens])
+        ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
+        local_masks: dict[int, torch.Tensor] = {}
+        for n in set(lens):
+            if c.ring < n:  # sliding layers: key j visible from query i iff i - window < j <= i
+                p = torch.arange(n, device=dev)
+                d = p[:, None] - p[None, :]
+                local_masks[n] = (d >= 0) & (d < s.window)  # (T, T)
         for i, lw in enumerate(self.w.layers):
             h = _rms(x, lw.in_norm, s.eps)
-            qkv = self._attn_proj(i, h, lora)  # (T, (nh+2nkv)*hd)
-            qk = qkv[:, : (nh + nkv) * hd].view(T, nh + nkv, hd)
-            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
-            cos, sin = self.w.rope[lw.sliding]
-            qk = _rope(qk, cos[:T, None], sin[:T, None])
-            q, k = qk[:, :nh], qk[:, nh:]  # (T, nh, hd), (T, nkv, hd)
-            v = qkv[:, (nh + nkv) * hd :].view(T, nkv, hd)
-            if lw.sliding:
-                keep = min(T, c.ring)  # the ring holds the last `window` positions
-                idx = torch.arange(T - keep, T, device=dev) % c.ring
-                c.k[i][slot, idx] = k[T - keep :]
-                c.v[i][slot, idx] = v[T - keep :]
-            else:
-                c.k[i][slot, :T] = k
-                c.v[i][slot, :T] = v
-            qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
-            if lw.sliding and need_mask:
-                att = F.scaled_dot_product_attention(
-                    qh, kh, vh, attn_mask=local_mask, scale=s.scaling, enable_gqa=True
-                )
-            else:
-                att = F.scaled_dot_product_attention(
-                    qh, kh, vh, is_causal=True, scale=s.scaling, enable_gqa=True
-                )
-            att = att[0].transpose(0, 1).reshape(T, nh * hd)
+            qkv = self._attn_proj(i, h, lora)  # (N, (nh+2nkv)*hd)
+            qk = _qk_norm(qkv[:, : (nh + nkv) * hd].view(N, nh + nkv, hd), lw.qk_norm, s.eps)
+            qk = _rope(qk, *ropes[lw.sliding])
+            v = qkv[:, (nh + nkv) * hd :].view(N, nkv, hd)
+            parts = [
+                self._prefill_attention(i, qk[a:b], v[a:b], slot, local_masks.get(b - a))
+                for (a, b), slot in zip(spans, slots, strict=True)
+            ]
+            att = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
             h = _rms(x, lw.pre_ff_norm, s.eps)
             x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
-        return x if all_positions else x[-1:]
+        if all_positions:
+            return x
+        return x[[e - 1 for e in ends]]
+
+    def _prefill_attention(self, layer: int, qk: torch.Tensor, v: torch.Tensor, slot: int,
+                           local_mask: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+        """One request's attention over its own prompt (T rows), writing its K/V into
+        cache ``slot``; (T, nh*hd)."""
+        s, c, lw = self.spec, self.cache, self.w.layers[layer]
+        nh, hd = s.n_heads, s.head_dim
+        T = qk.shape[0]
+        q, k = qk[:, :nh], qk[:, nh:]  # (T, nh, hd), (T, nkv, hd)
+        if lw.sliding:
+            keep = min(T, c.ring)  # the ring holds the last `window` positions
+            idx = torch.arange(T - keep, T, device=qk.device) % c.ring
+            c.k[layer][slot, idx] = k[T - keep :]
+            c.v[layer][slot, idx] = v[T - keep :]
+        else:
+            c.k[layer][slot, :T] = k
+            c.v[layer][slot, :T] = v
+        qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+        if lw.sliding and local_mask is not None:
+            att = F.scaled_dot_product_attention(
+                qh, kh, vh, attn_mask=local_mask, scale=s.scaling, enable_gqa=True
+            )
+        else:
+            att = F.scaled_dot_product_attention(
+                qh, kh, vh, is_causal=True, scale=s.scaling, enable_gqa=True
+            )
+        return att[0].transpose(0, 1).reshape(T, nh * hd)
 
     def decode(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
         """One token for each of B running requests: tokens (B,) at ``batch.positions``
@@ -280,24 +324,27 @@ class GemmaEngine:
         x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
         n_glob = int(pos.max().item()) + 1
         n_loc = min(n_glob, c.ring)
-        ar = torch.arange(max(n_glob, n_loc), device=pos.device)
-        glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
-        # ring entry j holds a position <= pos; it is valid once written (j <= pos)
-        loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
-        ring_idx = pos % c.ring
+        # one row: every cached position it reads (up to pos) is its own, nothing to mask
+        masked = B > 1
+        if masked:
+            ar = torch.arange(n_glob, device=pos.device)
+            glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
+            # ring entry j holds a position <= pos; it is valid once written (j <= pos)
+            loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
+        # where each row's new K/V go in a layer's cache viewed as (slots * positions, ...)
+        flat = {True: slots * c.ring + pos % c.ring, False: slots * c.max_len + pos}
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
         for i, lw in enumerate(self.w.layers):
             h = _rms(x, lw.in_norm, s.eps)
             qkv = self._attn_proj(i, h, lora)  # (B, (nh+2nkv)*hd)
-            qk = qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd)
-            qk = F.rms_norm(qk.float(), (hd,), eps=s.eps).mul_(lw.qk_norm).to(x.dtype)
+            qk = _qk_norm(qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd), lw.qk_norm, s.eps)
             cos, sin = ropes[lw.sliding]
             qk = _rope(qk, cos, sin)
             v = qkv[:, (nh + nkv) * hd :].view(B, nkv, hd)
             kc, vc = c.k[i], c.v[i]
-            wpos = ring_idx if lw.sliding else pos
-            kc[slots, wpos] = qk[:, nh:]
-            vc[slots, wpos] = v
+            at = flat[lw.sliding]
+            kc.view(-1, nkv, hd).index_copy_(0, at, qk[:, nh:])
+            vc.view(-1, nkv, hd).index_copy_(0, at, v)
             n = n_loc if lw.sliding else n_glob
             if batch.contiguous:
                 K, V = kc[:B, :n], vc[:B, :n]
@@ -307,7 +354,8 @@ class GemmaEngine:
             # matmul-softmax-matmul (SDPA's CPU kernels are slow for one query position)
             scores = torch.matmul(qk[:, :nh].view(B, nkv, g, hd), K.permute(0, 2, 3, 1))
             scores = scores.float().mul_(s.scaling)  # (B, nkv, g, n)
-            scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
+            if masked:
+                scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
             probs = torch.softmax(scores, dim=-1).to(V.dtype)
             att = torch.matmul(probs, V.transpose(1, 2)).reshape(B, nh * hd)
             x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)

@@ -61,9 +61,19 @@ class Adapter:
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
-def read_adapter(folder: Path) -> Adapter:
-    """Read a PEFT LoRA adapter; the scale ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA)
-    is folded into B."""
+@dataclass
+class PeftLora:
+    """A PEFT LoRA adapter as stored: (layer, module) -> (A (r, in), B (out, r)), and
+    ``scale`` = ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), the factor on ``B A``."""
+
+    rank: int
+    alpha: float
+    scale: float
+    weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+
+
+def read_peft_lora(folder: Path) -> PeftLora:
+    """Read a PEFT LoRA folder, refusing what the engine cannot apply."""
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "adapter_config.json").read_text())
@@ -77,13 +87,12 @@ def read_adapter(folder: Path) -> Adapter:
         )
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
-    files = [folder / "adapter_model.safetensors"]
-    if not files[0].exists():
+    file = folder / "adapter_model.safetensors"
+    if not file.exists():
         raise RagtuneError(f"{folder} has no adapter_model.safetensors", "re-save the adapter")
-    tensors = load_file(str(files[0]))
     parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     known = {m for mods in GROUPS.values() for m in mods}
-    for key, t in tensors.items():
+    for key, t in load_file(str(file)).items():
         m = _KEY.search(key)
         if m is None or m.group(2) not in known:
             raise RagtuneError(
@@ -91,8 +100,15 @@ def read_adapter(folder: Path) -> Adapter:
                 "only q/k/v/o and gate/up/down projections are supported",
             )
         parts.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t.float()
-    weights = {k: (v["A"], v["B"] * scale) for k, v in parts.items()}
-    return Adapter(rank=r, weights=weights)
+    weights = {k: (v["A"], v["B"]) for k, v in parts.items()}
+    return PeftLora(rank=r, alpha=alpha, scale=scale, weights=weights)
+
+
+def read_adapter(folder: Path) -> Adapter:
+    """Read a PEFT LoRA adapter for the bank, the scale folded into B."""
+    peft = read_peft_lora(folder)
+    weights = {k: (a, b * peft.scale) for k, (a, b) in peft.weights.items()}
+    return Adapter(rank=peft.rank, weights=weights)
 
 
 class AdapterBank:

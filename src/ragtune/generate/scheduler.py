@@ -31,6 +31,8 @@ from ragtune.generate.sampling import (
 log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
+# prompt tokens prefilled in one pass at most (bounds the activations' memory)
+PREFILL_TOKENS = 8192
 
 
 @dataclass(eq=False)
@@ -96,11 +98,17 @@ class RequestHandle:
 
 
 class Scheduler:
+    """Continuous batching over ragtune's own engine (:class:`GemmaEngine`). Subclasses
+    with another forward override :meth:`_prefill_many` and :meth:`_decode`."""
+
     def __init__(self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int]) -> None:
-        self.engine, self.tok, self.eos = engine, tokenizer, eos_ids
-        self.n_slots = engine.cache.slots
-        self.max_len = engine.cache.max_len
-        self.device = engine.w.device
+        self.engine = engine
+        self._setup(tokenizer, eos_ids, engine.cache.slots, engine.cache.max_len, engine.w.device)
+
+    def _setup(self, tokenizer: Any, eos_ids: set[int], n_slots: int, max_len: int,
+               device: torch.device) -> None:  # fmt: skip
+        self.tok, self.eos = tokenizer, eos_ids
+        self.n_slots, self.max_len, self.device = n_slots, max_len, device
         self.cond = threading.Condition()
         self.waiting: deque[Request] = deque()
         self.running: list[Request | None] = [None] * self.n_slots
@@ -145,11 +153,9 @@ class Scheduler:
                     return
                 admitted = self._take_waiting()
             try:
-                bank = self.engine.bank
                 for name in self._drain_evictions():
-                    bank.evict(name)
-                for req in admitted:
-                    self._admit(req)
+                    self.engine.bank.evict(name)
+                self._admit(admitted)
                 for run in self.running:
                     if run is not None and run.cancelled:
                         self._end(run, "stop")
@@ -175,35 +181,59 @@ class Scheduler:
             out.append(self.waiting.popleft())
         return out
 
-    def _admit(self, req: Request) -> None:
-        if req.cancelled:
-            req.completion = self._completion(req)
-            self._close_request(req)
-            return
-        try:
-            if req.adapter is not None:
-                assert req.adapter_path is not None
-                lora = self.engine.bank.acquire(req.adapter, req.adapter_path)
-                if lora is None:  # every adapter slot is busy: wait for one
-                    with self.cond:
-                        self.waiting.appendleft(req)
-                    return
-                req.lora_slot = lora
-        except Exception as e:
-            self._fail(req, e)
-            return
-        req.slot = self.running.index(None)
-        self.running[req.slot] = req
-        req.started = time.perf_counter()
-        with torch.inference_mode():
-            ids = torch.tensor(req.ids, device=self.device)
-            h = self.engine.prefill(ids, req.slot, req.lora_slot)
-            logits = self.engine.logits(h).float()  # (1, V)
-        req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
-        self._accept(req, logits[0], None)
+    def _admit(self, reqs: list[Request]) -> None:
+        """Give waiting requests a slot (and their adapter a bank slot), then prefill them
+        together, up to ``PREFILL_TOKENS`` prompt tokens per pass."""
+        ready: list[Request] = []
+        for req in reqs:
+            if req.cancelled:
+                req.completion = self._completion(req)
+                self._close_request(req)
+                continue
+            try:
+                if req.adapter is not None:
+                    assert req.adapter_path is not None
+                    lora = self.engine.bank.acquire(req.adapter, req.adapter_path)
+                    if lora is None:  # every adapter slot is busy: wait for one
+                        with self.cond:
+                            self.waiting.appendleft(req)
+                        continue
+                    req.lora_slot = lora
+            except Exception as e:
+                self._fail(req, e)
+                continue
+            req.slot = self.running.index(None)
+            self.running[req.slot] = req
+            req.started = time.perf_counter()
+            ready.append(req)
+        while ready:
+            group = [ready.pop(0)]
+            size = len(group[0].ids)
+            while ready and size + len(ready[0].ids) <= PREFILL_TOKENS:
+                size += len(ready[0].ids)
+                group.append(ready.pop(0))
+            with torch.inference_mode():
+                logits = self._prefill_many(group)
+            for req, row in zip(group, logits, strict=True):
+                req.pos = len(req.ids) - 1  # the last fed position; _accept moves it on
+                self._accept(req, row, None)
+
+    def _prefill_many(self, reqs: list[Request]) -> torch.Tensor:
+        """Run the requests' prompts into their cache slots; (n, V) fp32 logits after each."""
+        prompts = [torch.tensor(r.ids, device=self.device) for r in reqs]
+        h = self.engine.prefill_many(prompts, [r.slot for r in reqs], [r.lora_slot for r in reqs])
+        return self.engine.logits(h).float()
 
     def _step(self) -> None:
         rows = [r for r in self.running if r is not None]
+        logits = self._decode(rows)
+        greedy = logits.argmax(-1).tolist()
+        self.steps += 1
+        for j, r in enumerate(rows):
+            self._accept(r, logits[j], greedy[j])
+
+    def _decode(self, rows: list[Request]) -> torch.Tensor:
+        """Feed every running request its next token; (B, V) fp32 logits."""
         dev = self.device
         slots = [r.slot for r in rows]
         lora = [r.lora_slot for r in rows]
@@ -214,11 +244,7 @@ class Scheduler:
             contiguous=slots == list(range(len(rows))),
         )
         tokens = torch.tensor([r.last for r in rows], device=dev)
-        logits = self.engine.logits(self.engine.decode(tokens, batch)).float()  # (B, V)
-        greedy = logits.argmax(-1).tolist()
-        self.steps += 1
-        for j, r in enumerate(rows):
-            self._accept(r, logits[j], greedy[j])
+        return self.engine.logits(self.engine.decode(tokens, batch)).float()
 
     def _accept(self, req: Request, logits: torch.Tensor, greedy: int | None) -> None:
         """Choose the next token of ``req`` from its (V,) logits and stream it."""
