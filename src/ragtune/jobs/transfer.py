@@ -95,30 +95,33 @@ def migrate_service(settings: ServiceSettings, url: str) -> list[TableReport]:
 
 
 def migrate_knowledge_bases(url: str) -> list[TableReport]:
-    """Every knowledge base under RAGTUNE_HOME/kb into PostgreSQL (PgStore)."""
+    """Every knowledge base under RAGTUNE_HOME/kb into PostgreSQL (PgStore), its manifest
+    published there (backend ``postgresql``) once its chunks are in."""
 
     from ragtune.jobs.migrations import migrate
-    from ragtune.retrieve.kb import KnowledgeBase
+    from ragtune.retrieve.kb import read_manifest
     from ragtune.retrieve.pgstore import PgStore, copy_lance_store
+    from ragtune.retrieve.store import LanceStore
 
     migrate(url)
     reports = []
     root = ragtune_home() / "kb"
-    for folder in sorted(root.glob("*/manifest.json")) if root.exists() else []:
-        name = folder.parent.name
-        kb = KnowledgeBase.open(name)
-        store = PgStore(url, name, kb.store.dim)
-        copy_lance_store(kb.store, store)
-        store.commit()
-        src_ids = list(kb.store.keywords.chunk_ids)
-        src = [c.to_dict() for c in kb.store.get_chunks(src_ids)]
+    for path in sorted(root.glob("*/manifest.json")) if root.exists() else []:
+        name = path.parent.name
+        manifest = read_manifest(path.parent, name)
+        src_store = LanceStore(path.parent, int(manifest["embedder"]["dim"]), manifest["store"])
+        store = PgStore(url, name, src_store.dim, fresh=True)
+        copy_lance_store(src_store, store)
+        store.commit({**manifest, "backend": "postgresql"})
+        src_ids = list(src_store.keywords.chunk_ids)
+        src = [c.to_dict() for c in src_store.get_chunks(src_ids)]
         dst = [c.to_dict() for c in store.get_chunks(src_ids)]
         reports.append(_report(f"kb:{name}:chunks", src, dst))
-        docs = sorted(kb.store.doc_index())
+        docs = sorted(src_store.doc_index())
         reports.append(
             _report(
                 f"kb:{name}:documents",
-                [d.to_dict() for d in map(kb.store.get_document, docs) if d],
+                [d.to_dict() for d in map(src_store.get_document, docs) if d],
                 [d.to_dict() for d in map(store.get_document, docs) if d],
             )
         )

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import RagtuneError
-from ragtune.jobs.backend import Database
+from ragtune.jobs.backend import Database, open_vector_stores
 from ragtune.jobs.ingestion import Ingester
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
 from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
-from ragtune.jobs.vector_stores import VectorStoreDB
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class Worker:
         self.db = db
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.ingester = Ingester(settings, VectorStoreDB(settings.database), objects)
+        self.ingester = Ingester(settings, open_vector_stores(settings), objects)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
