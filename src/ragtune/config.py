@@ -192,3 +192,9 @@ def load_config(path: Path | None = None) -> Config:
         retrieve=_section(RetrieveConfig, data.get("retrieve", {}), "retrieve", path),
         generate=_section(GenerateConfig, data.get("generate", {}), "generate", path),
     )
+
+
+def database_url() -> str | None:
+    """``RAGTUNE_DATABASE_URL``: when set, the service's tables and every knowledge base live
+    in that PostgreSQL database instead of the embedded SQLite/LanceDB files."""
+    return os.environ.get("RAGTUNE_DATABASE_URL") or None

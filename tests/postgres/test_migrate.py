@@ -10,8 +10,13 @@ import pytest
 
 from ragtune.cli import main
 from ragtune.ingest.pipeline import ingest
+from ragtune.jobs.backend import open_key_table, open_vector_stores
+from ragtune.jobs.keys import create_key, load_keys
+from ragtune.jobs.objects import LocalObjectStore
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import SqliteDB, new_event
+from ragtune.jobs.vector_store_records import BatchRecord, VectorStoreRecord, VSFileRecord
+from ragtune.jobs.vector_stores import VectorStoreDB
 from ragtune.retrieve.kb import KnowledgeBase
 from tests.postgres.test_contract import file, job
 from tests.postgres.test_pgstore import write_corpus
@@ -25,6 +30,7 @@ def test_migrate_embedded_installation(
     tmp_path: Path,
     tiny_embedder: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ragtune.jobs.postgres import PostgresDB
     from ragtune.retrieve.pgstore import PgStore
@@ -40,8 +46,35 @@ def test_migrate_embedded_installation(
         claim.job.id, claim.attempt, "succeeded", {"trained_tokens": 7}
     )
     ingest([write_corpus(tmp_path, n=12)], "kb1", embedder=str(tiny_embedder), backend="torch")
+    vs = VectorStoreDB(settings.database)
+    vs.add_store(VectorStoreRecord("vs_1", "p1", "docs", 5, 6, {"a": "b"}, None, 800, 400))
+    vs.add_files(
+        [
+            VSFileRecord(
+                "vs_1",
+                f"file-{i}",
+                "p1",
+                f"f{i}.txt",
+                f"k{i}",
+                7,
+                "completed",
+                None,
+                9,
+                {"team": "x", "n": i},
+                "vsfb_1" if i else None,
+                f"file-{i}.txt",
+            )
+            for i in range(2)
+        ]
+    )
+    vs.add_batch(BatchRecord("vsfb_1", "vs_1", "p1", 8, False))
+    objects = LocalObjectStore(settings.objects)
+    for i in range(3):
+        objects.put_bytes(f"k{i}", f"object {i}".encode() * (i + 1))
+    key = create_key(settings.keys_file, "team-a")
+    artifacts = tmp_path / "shared-artifacts"
 
-    assert main(["migrate", "--to", pg_url]) == 0
+    assert main(["migrate", "--to", pg_url, "--artifacts", f"file://{artifacts}"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True
     counts = {t["table"]: t["target_count"] for t in out["tables"]}
@@ -49,10 +82,28 @@ def test_migrate_embedded_installation(
         "files": 3,
         "jobs": 3,
         "job_events": 3,
+        "vector_stores": 1,
+        "vector_store_files": 2,
+        "vector_store_file_batches": 1,
+        "api_keys": 1,
         "kb:kb1:chunks": 12,
         "kb:kb1:documents": 12,
+        "objects": 3,
     }
     assert all(t["source_sha256"] == t["target_sha256"] for t in out["tables"])
+    copied = {t["table"]: t for t in out["tables"]}
+    assert copied["kb:kb1:chunks"]["source_sha256"] == copied["kb:kb1:chunks"]["target_sha256"]
+    assert (artifacts / "k2").read_bytes() == b"object 2" * 3
+
+    # the installation now runs on PostgreSQL: tables, keys and knowledge bases are there
+    monkeypatch.setenv("RAGTUNE_DATABASE_URL", pg_url)
+    pg_vs = open_vector_stores(settings)
+    assert pg_vs.store_files("p1", "vs_1") == vs.store_files("p1", "vs_1")
+    assert pg_vs.get_batch("p1", "vs_1", "vsfb_1") == vs.get_batch("p1", "vs_1", "vsfb_1")
+    assert load_keys(None, settings.keys_file, open_key_table()).project(key) == "team-a"
+    moved = KnowledgeBase.open("kb1")
+    assert isinstance(moved.store, PgStore) and moved.count() == (12, 12)
+    monkeypatch.delenv("RAGTUNE_DATABASE_URL")
     pg = PostgresDB(pg_url)
     assert pg.get_job("p1", claim.job.id) == db.get_job("p1", claim.job.id)
     assert pg.list_files("p1", None, 10, "asc", None) == db.list_files("p1", None, 10, "asc", None)

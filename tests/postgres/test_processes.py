@@ -160,6 +160,65 @@ def test_jobs_from_two_servers_run_exactly_once_on_two_workers(cluster: Cluster)
     assert results == [(4,)]
 
 
+def test_a_file_added_through_one_server_is_searched_on_the_other(cluster: Cluster) -> None:
+    """The vector store tables and the store's chunks are in PostgreSQL: a store and a file
+    created through server 0, ingested by whichever worker claims it, are searched on
+    server 1 (SDK and plain HTTP)."""
+    c = cluster
+    a, b = c.client(0), c.client(1)
+    store = a.vector_stores.create(name="shared")
+    texts = {
+        "zorbland.txt": "The capital of Zorbland is Vetrin. Vetrin lies on the river Ost.",
+        "volcano.txt": "Mount Kelra is a volcano that last erupted in 1820.",
+    }
+    ids = {}
+    for name, text in texts.items():
+        f = a.files.create(file=(name, text.encode()), purpose="assistants")
+        a.vector_stores.files.create(vector_store_id=store.id, file_id=f.id)
+        ids[name] = f.id
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        counts = b.vector_stores.retrieve(store.id).file_counts
+        if counts.completed == 2:
+            break
+        assert counts.failed == 0, counts
+        time.sleep(0.5)
+    assert b.vector_stores.retrieve(store.id).file_counts.completed == 2
+    hits = b.vector_stores.search(store.id, query="capital of Zorbland", max_num_results=1)
+    assert [h.file_id for h in hits.data] == [ids["zorbland.txt"]]
+    request = urllib.request.Request(
+        f"{c.servers[1]}/vector_stores/{store.id}/search",
+        data=json.dumps({"query": "volcano erupted"}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        found = json.loads(r.read())
+    assert found["data"][0]["file_id"] == ids["volcano.txt"]
+    assert db_rows(c.url, "SELECT count(*) FROM kb_manifests WHERE kb = %s", (store.id,)) == [(1,)]
+    assert not (c.home / "kb" / store.id).exists()  # not in any host's local folder
+
+
+def test_a_key_created_on_one_host_is_honoured_by_both_servers(cluster: Cluster) -> None:
+    from openai import AuthenticationError, NotFoundError, OpenAI
+
+    cmd = [sys.executable, "-m", "ragtune.cli", "keys", "create", "--project", "team-x"]
+    made = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, check=True)
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("sk-rt-")
+    assert db_rows(cluster.url, "SELECT project FROM api_keys") == [("team-x",)]
+    assert not (cluster.home / "serve" / "keys.json").exists()  # the hash is in PostgreSQL only
+    clients = [
+        OpenAI(base_url=base, api_key=key, max_retries=0, timeout=60) for base in cluster.servers
+    ]
+    f = clients[0].files.create(file=("x.txt", b"team x only"), purpose="assistants")
+    assert clients[1].files.retrieve(f.id).filename == "x.txt"
+    with pytest.raises(NotFoundError):
+        cluster.client(1).files.retrieve(f.id)  # the shared key's project cannot see it
+    wrong = OpenAI(base_url=cluster.servers[1], api_key=key + "x", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        wrong.files.list()
+
+
 def test_kill_9_of_the_training_worker_resumes_from_checkpoint(cluster: Cluster) -> None:
     c = cluster
     f = c.client(1).files.create(file=("t.jsonl", jsonl(chat_rows())), purpose="fine-tune")

@@ -160,7 +160,8 @@ CRASH = textwrap.dedent(
     def die(*args, **kwargs):  # the store has written; the manifest has not
         os.kill(os.getpid(), signal.SIGKILL)
 
-    pipeline.write_json_atomic = die
+    import ragtune.retrieve.kb as kb
+    kb.write_json_atomic = die
     pipeline.ingest([Path(sys.argv[1])], "t")
     """
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +55,14 @@ class Served:
 
 @pytest.fixture
 def served(tiny_lm: Path, tiny_embedder: Path, ragtune_home: Path) -> Iterator[Served]:
+    with serving(tiny_lm, tiny_embedder, ragtune_home) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def serving(tiny_lm: Path, tiny_embedder: Path, ragtune_home: Path) -> Iterator[Served]:
+    """The app on the tiny models with an in-process worker, on the backend the environment
+    selects (tests/postgres runs the same tests with RAGTUNE_DATABASE_URL set)."""
     settings = ServiceSettings(
         home=ragtune_home / "serve",
         base_model=str(tiny_lm),

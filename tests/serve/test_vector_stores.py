@@ -13,7 +13,7 @@ from openai.types.vector_stores import (
     VectorStoreFileDeleted,
 )
 
-from ragtune.jobs.vector_stores import VectorStoreDB
+from ragtune.jobs.backend import open_vector_stores
 from ragtune.retrieve.kb import KnowledgeBase
 from ragtune.serve.protocol.vector_stores import ComparisonFilter, CompoundFilter
 from ragtune.serve.vector_search import matches
@@ -312,7 +312,7 @@ def test_ingestion_completes_once_after_a_worker_dies(served: Served) -> None:
     """A worker that claimed a file and died (its lease ran out) cannot complete it; the next
     worker's attempt does, once."""
     store_id, ids = make_store(served, {"cats.md": DOCS["cats.md"]})
-    db = VectorStoreDB(served.settings.database)
+    db = open_vector_stores(served.settings)
     dead = db.claim_ingest(lease_s=0.0)  # claimed, then the worker died: the lease is over
     assert dead is not None and [f.file_id for f in dead.files] == [ids["cats.md"]]
     served.run_worker()

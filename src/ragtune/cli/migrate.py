@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ragtune.errors import RagtuneError
 
@@ -11,23 +12,36 @@ from ragtune.errors import RagtuneError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "migrate",
-        help="copy the embedded installation (jobs, files, knowledge bases) to PostgreSQL",
-        description="Copy RAGTUNE_HOME's SQLite job/file tables and every knowledge base into "
-        "PostgreSQL, then print counts and content checksums of both sides (JSON). Exits 1 "
-        "when any differ. Afterwards set RAGTUNE_DATABASE_URL to the same URL.",
+        help="copy the embedded installation (jobs, files, vector stores, keys, knowledge "
+        "bases, objects) to PostgreSQL and an artefact store",
+        description="Copy RAGTUNE_HOME's SQLite tables (files, jobs, events, vector stores), "
+        "the API keys file and every knowledge base into PostgreSQL, and with --artifacts "
+        "every stored object, then print counts and content checksums of both sides (JSON). "
+        "Exits 1 when any differ. Afterwards set RAGTUNE_DATABASE_URL (and RAGTUNE_ARTIFACTS) "
+        "to the same URLs.",
     )
     p.add_argument("--to", required=True, metavar="postgresql://...", dest="to")
+    p.add_argument(
+        "--artifacts",
+        metavar="URL",
+        default=os.environ.get("RAGTUNE_ARTIFACTS"),
+        help="also copy every stored object (uploads, result files) to this artefact store, "
+        "file:///... or s3://... (default: $RAGTUNE_ARTIFACTS; objects stay put when unset)",
+    )
     p.set_defaults(func=cmd_migrate)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ragtune.jobs.postgres import open_postgres
     from ragtune.jobs.settings import ServiceSettings
-    from ragtune.jobs.transfer import migrate_knowledge_bases, migrate_service
+    from ragtune.jobs.transfer import migrate_knowledge_bases, migrate_objects, migrate_service
 
     open_postgres(args.to)  # a clear error for a bad URL or an unreachable server
-    reports = migrate_service(ServiceSettings.from_env(), args.to)
+    settings = ServiceSettings.from_env()
+    reports = migrate_service(settings, args.to)
     reports += migrate_knowledge_bases(args.to)
+    if args.artifacts:
+        reports += migrate_objects(settings, args.artifacts)
     rows = [
         {
             "table": r.name,

@@ -58,6 +58,7 @@ def is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ragtune.jobs.backend import open_key_table
     from ragtune.jobs.keys import load_keys
     from ragtune.jobs.settings import ServiceSettings
     from ragtune.serve.app import create_app
@@ -65,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise RagtuneError("--workers must be 0 or more")
     settings = ServiceSettings.from_env()
-    keys = load_keys(os.environ.get("RAGTUNE_API_KEYS"), settings.keys_file)
+    keys = load_keys(os.environ.get("RAGTUNE_API_KEYS"), settings.keys_file, open_key_table())
     if not keys.enabled and not is_loopback(args.host):
         raise RagtuneError(
             f"Refusing to listen on {args.host} without API keys",
@@ -115,9 +116,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    from ragtune.jobs.backend import open_key_table
     from ragtune.jobs.keys import create_key
     from ragtune.jobs.settings import ServiceSettings
 
-    key = create_key(ServiceSettings.from_env().keys_file, args.project)
+    key = create_key(ServiceSettings.from_env().keys_file, args.project, open_key_table())
     print(key)
     return 0

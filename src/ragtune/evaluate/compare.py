@@ -89,9 +89,9 @@ def open_state(out: Path, settings: CompareSettings, inputs: CompareInputs, say:
 
 
 def _remove_kb(name: str) -> None:
-    from ragtune.config import kb_path
+    from ragtune.retrieve.kb import discard_knowledge_base
 
-    shutil.rmtree(kb_path(name), ignore_errors=True)
+    discard_knowledge_base(name)  # a folder, or rows in PostgreSQL
 
 
 def run_compare(

@@ -15,19 +15,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.config import EmbedBackend, IngestConfig, kb_path
 from ragtune.errors import RagtuneError
 from ragtune.ingest.chunking import check_sizes, iter_chunks
 from ragtune.ingest.loaders import SkipFile, discover, iter_file
-from ragtune.io import write_json_atomic
 from ragtune.models import model_fingerprint, resolve_embedder
-from ragtune.retrieve.kb import new_manifest, read_manifest, writer_lock
-from ragtune.retrieve.store import LanceStore, index_text
+from ragtune.retrieve.kb import (
+    kb_lock,
+    load_manifest,
+    new_manifest,
+    new_store,
+    open_store,
+    publish,
+)
+from ragtune.retrieve.store import index_text
 from ragtune.types import Chunk, Document
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from ragtune.retrieve.kb import WritableStore
 
 # (phase, advance, total): "read" counts files, "embed" counts chunks (its total grows as
 # files are read), "doc:<id>" counts the characters of one big document done.
@@ -102,14 +111,14 @@ class _Writer:
 
     def __init__(
         self,
-        folder: Path,
-        store: LanceStore | None,
+        name: str,
+        store: WritableStore | None,
         tokenizer: Any,
         cfg: dict[str, Any],
         device: str,
         progress: Progress | None,
     ) -> None:
-        self.folder, self.store, self.tokenizer = folder, store, tokenizer
+        self.name, self.store, self.tokenizer = name, store, tokenizer
         self.cfg, self.device, self.progress = cfg, device, progress
         self.emb: Any = None
         self.docs: list[Document] = []
@@ -119,7 +128,7 @@ class _Writer:
         self.embedded = 0
         self.max_group_chunks = 0  # the largest group embedded (for tests: memory is bounded)
 
-    def _open(self) -> LanceStore:
+    def _open(self) -> WritableStore:
         if self.emb is None:
             from ragtune.retrieve.dense import load_embedder
 
@@ -127,7 +136,7 @@ class _Writer:
                 str(self.cfg["embedder"]), backend=self.cfg["backend"], device=self.device
             )
         if self.store is None:
-            self.store = LanceStore(self.folder, self.emb.dim, None)
+            self.store = new_store(self.name, self.emb.dim)
         return self.store
 
     def add(self, doc: Document, replaces: bool) -> None:
@@ -229,14 +238,14 @@ def _ingest(
     defaults: IngestConfig | None = None,
 ) -> tuple[IngestReport, _Writer | None]:
     t0 = time.perf_counter()
-    folder = kb_path(kb)
+    kb_path(kb)  # rejects a bad name
     report = IngestReport(kb=kb)
     for key in ("chunk_tokens", "chunk_overlap"):
         if requested[key] is not None and requested[key] < 0:
             raise RagtuneError(f"{key} must be positive")
     files = list(discover(paths, on_skip=lambda what, why: report.skipped.append((what, why))))
-    with writer_lock(folder, kb):
-        manifest = None if rebuild else _existing_manifest(folder, kb)
+    with kb_lock(kb):
+        manifest = None if rebuild else load_manifest(kb)
         cfg = _settings(manifest, requested, kb, defaults)
         check_sizes(int(cfg["chunk_tokens"]), int(cfg["chunk_overlap"]))
         embedder_dir = resolve_embedder(cfg["embedder"])
@@ -247,11 +256,11 @@ def _ingest(
 
         tokenizer = AutoTokenizer.from_pretrained(str(embedder_dir))
         existing: dict[str, tuple[str, str]] = {}
-        store: LanceStore | None = None
+        store: WritableStore | None = None
         if manifest is not None:
-            store = LanceStore(folder, int(manifest["embedder"]["dim"]), manifest["store"])
+            store = open_store(kb, manifest)
             existing = store.doc_index()
-        writer = _Writer(folder, store, tokenizer, cfg, device, progress)
+        writer = _Writer(kb, store, tokenizer, cfg, device, progress)
 
         # 1. Read each file; new and changed documents go to the writer as they come.
         seen: dict[str, str] = {}  # doc_id -> source, for this run
@@ -308,7 +317,6 @@ def _ingest(
         writer.flush()
         store = writer._open()
         report.chunks_added = writer.embedded
-        snapshot = store.commit()
 
         new = manifest or new_manifest(
             kb,
@@ -322,53 +330,28 @@ def _ingest(
                 "max_seq_length": writer.emb.max_seq_length,
             },
         )
-        _publish(folder, new, store, snapshot, report)
+        report.documents, report.chunks = publish(kb, store, new)
     report.seconds = time.perf_counter() - t0
     return report, writer
-
-
-def _publish(
-    folder: Path,
-    manifest: dict[str, Any],
-    store: LanceStore,
-    snapshot: dict[str, Any],
-    report: IngestReport,
-) -> None:
-    """Point the manifest at ``snapshot`` (atomically), then drop what no reader needs."""
-    report.documents, report.chunks = store.count()
-    manifest.update(
-        store=snapshot,
-        updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        counts={"documents": report.documents, "chunks": report.chunks},
-    )
-    write_json_atomic(folder / "manifest.json", manifest)
-    store.cleanup(snapshot)
 
 
 def remove_documents(kb: str, doc_ids: Sequence[str]) -> IngestReport:
     """Remove documents from knowledge base ``kb`` (ids it does not hold are ignored)."""
     t0 = time.perf_counter()
-    folder = kb_path(kb)
     report = IngestReport(kb=kb)
-    with writer_lock(folder, kb):
-        manifest = _existing_manifest(folder, kb)
+    with kb_lock(kb):
+        manifest = load_manifest(kb)
         if manifest is None:
             return report
-        store = LanceStore(folder, int(manifest["embedder"]["dim"]), manifest["store"])
+        store: WritableStore = open_store(kb, manifest)
         report.removed = sorted(set(doc_ids) & set(store.doc_index()))
         if report.removed:
             store.delete_documents(report.removed)
-            _publish(folder, manifest, store, store.commit(), report)
+            report.documents, report.chunks = publish(kb, store, manifest)
         else:
             report.documents, report.chunks = store.count()
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _existing_manifest(folder: Path, name: str) -> dict[str, Any] | None:
-    if not (folder / "manifest.json").exists():
-        return None
-    return read_manifest(folder, name)
 
 
 def _check_embedder(manifest: dict[str, Any], embedder_dir: Path, name: str) -> None:

@@ -87,6 +87,44 @@ CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
 -- ragtune.retrieve.pgstore when the knowledge base is first committed.
 """,
     ),
+    Migration(
+        3,
+        "knowledge-base manifests, vector stores (stores, files, batches) and API keys",
+        """
+CREATE TABLE kb_manifests (
+    kb TEXT PRIMARY KEY, manifest JSONB NOT NULL
+);
+CREATE TABLE vector_stores (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
+    created_at BIGINT NOT NULL, last_active_at BIGINT NOT NULL, metadata TEXT,
+    expires_after TEXT, chunk_tokens INTEGER NOT NULL, chunk_overlap INTEGER NOT NULL
+);
+CREATE INDEX vector_stores_project ON vector_stores (project, seq);
+CREATE TABLE vector_store_files (
+    seq BIGSERIAL PRIMARY KEY,
+    vector_store_id TEXT NOT NULL, file_id TEXT NOT NULL, project TEXT NOT NULL,
+    filename TEXT NOT NULL, object_key TEXT NOT NULL, created_at BIGINT NOT NULL,
+    status TEXT NOT NULL, last_error TEXT, usage_bytes BIGINT NOT NULL DEFAULT 0,
+    attributes TEXT, batch_id TEXT, doc_id TEXT,
+    attempt TEXT, lease_until DOUBLE PRECISION, attempts INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (vector_store_id, file_id)
+);
+CREATE INDEX vector_store_files_store ON vector_store_files (vector_store_id, seq);
+CREATE INDEX vector_store_files_waiting ON vector_store_files (seq)
+    WHERE status = 'in_progress' OR deleted = 1;
+CREATE TABLE vector_store_file_batches (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, vector_store_id TEXT NOT NULL, project TEXT NOT NULL,
+    created_at BIGINT NOT NULL, cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE api_keys (
+    sha256 TEXT PRIMARY KEY, project TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+""",
+    ),
 )
 
 
@@ -98,6 +136,16 @@ def current_version(conn: psycopg.Connection) -> int:
     )
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
     return int(row[0]) if row else 0
+
+
+_CURRENT: set[str] = set()  # URLs this process has brought up to date
+
+
+def ensure_schema(url: str) -> None:
+    """:func:`migrate` once per process and URL (the CLI's and a server's many callers)."""
+    if url not in _CURRENT:
+        migrate(url)
+        _CURRENT.add(url)
 
 
 def migrate(url: str) -> int:

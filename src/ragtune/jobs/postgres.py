@@ -299,6 +299,26 @@ def _sets(values: dict[str, Any]) -> tuple[str, list[Any]]:
     return sets.replace("?", "%s"), args
 
 
+class PgKeyTable:
+    """API keys' sha256 hashes and their projects (the ``api_keys`` table), read per request."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def add_key(self, sha256: str, project: str) -> None:
+        with psycopg.connect(self.url) as db:
+            db.execute("INSERT INTO api_keys (sha256, project) VALUES (%s, %s)", (sha256, project))
+
+    def key_project(self, sha256: str) -> str | None:
+        with psycopg.connect(self.url) as db:
+            row = db.execute("SELECT project FROM api_keys WHERE sha256 = %s", (sha256,)).fetchone()
+        return str(row[0]) if row else None
+
+    def has_keys(self) -> bool:
+        with psycopg.connect(self.url) as db:
+            return db.execute("SELECT EXISTS (SELECT 1 FROM api_keys)").fetchone() == (True,)
+
+
 def open_postgres(url: str) -> PostgresDB:
     """The backend at ``url``, or one clear error when it cannot be reached."""
     from ragtune.errors import RagtuneError

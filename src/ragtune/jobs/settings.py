@@ -36,6 +36,7 @@ class ServiceSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     lease_s: float = DEFAULT_LEASE_S
     max_waiting_jobs: int = DEFAULT_MAX_WAITING
+    train_nproc: str = "auto"  # processes per training job: N, or auto (all GPUs, else 1)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -49,7 +50,25 @@ class ServiceSettings:
             max_upload_bytes=int(_number("RAGTUNE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD)),
             lease_s=_number("RAGTUNE_LEASE_SECONDS", DEFAULT_LEASE_S),
             max_waiting_jobs=int(_number("RAGTUNE_MAX_WAITING_JOBS", DEFAULT_MAX_WAITING)),
+            train_nproc=env("RAGTUNE_TRAIN_NPROC", "auto"),
         )
+
+    def processes_for(self, requested: int | None) -> int:
+        """How many data-parallel processes train a job: the job's own setting, else
+        ``train_nproc`` (``auto``: every GPU of this worker when it has several, else 1)."""
+        if requested:
+            return int(requested)
+        if self.train_nproc != "auto":
+            if not self.train_nproc.isdigit() or int(self.train_nproc) < 1:
+                raise RagtuneError(
+                    f"RAGTUNE_TRAIN_NPROC={self.train_nproc!r} is not a number of processes",
+                    "set it to auto or to 1 or more",
+                )
+            return int(self.train_nproc)
+        import torch
+
+        gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
+        return gpus if gpus > 1 else 1
 
     @property
     def base_model_id(self) -> str:

@@ -14,7 +14,6 @@ the query itself.
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -316,16 +315,20 @@ class VectorStoreDB:
 
     # --- the worker side -----------------------------------------------------------------
 
+    # The database's clock in unix seconds (leases are measured on it, so hosts with skewed
+    # clocks agree) and what a claim adds to its row locks; PostgreSQL overrides both.
+    _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+    _SKIP_LOCKED = ""
+
     def claim_ingest(self, lease_s: float, limit: int = 256) -> IngestClaim | None:
         """Take the oldest file waiting for ingestion or for removal from its index, with
         up to ``limit`` files of the same store waiting for the same (one ingest run)."""
-        now = time.time()
-        free = "(attempt IS NULL OR lease_until IS NULL OR lease_until < ?)"
+        free = f"(attempt IS NULL OR lease_until IS NULL OR lease_until < {self._NOW})"
         with self._connect(immediate=True) as db:
             first = db.execute(
                 "SELECT vector_store_id, deleted FROM vector_store_files "
-                f"WHERE (status = 'in_progress' OR deleted = 1) AND {free} ORDER BY seq LIMIT 1",
-                (now,),
+                f"WHERE (status = 'in_progress' OR deleted = 1) AND {free} ORDER BY seq LIMIT 1"
+                + self._SKIP_LOCKED
             ).fetchone()
             if first is None:
                 return None
@@ -333,14 +336,15 @@ class VectorStoreDB:
             waiting = "deleted = 1" if deleted else "status = 'in_progress' AND deleted = 0"
             rows = db.execute(
                 f"SELECT {_FILE_COLUMNS}, seq FROM vector_store_files WHERE "
-                f"vector_store_id = ? AND {waiting} AND {free} ORDER BY seq LIMIT ?",
-                (store_id, now, limit),
+                f"vector_store_id = ? AND {waiting} AND {free} ORDER BY seq LIMIT ?"
+                + self._SKIP_LOCKED,
+                (store_id, limit),
             ).fetchall()
             attempt = uuid.uuid4().hex
             db.executemany(
-                "UPDATE vector_store_files SET attempt = ?, lease_until = ?, "
+                f"UPDATE vector_store_files SET attempt = ?, lease_until = {self._NOW} + ?, "
                 "attempts = attempts + 1 WHERE seq = ?",
-                [(attempt, now + lease_s, r[-1]) for r in rows],
+                [(attempt, lease_s, r[-1]) for r in rows],
             )
             store_row = db.execute(
                 f"SELECT {_STORE_COLUMNS} FROM vector_stores WHERE id = ?", (store_id,)
@@ -352,9 +356,9 @@ class VectorStoreDB:
     def heartbeat_ingest(self, claim: IngestClaim, lease_s: float) -> bool:
         with self._connect() as db:
             cur = db.execute(
-                "UPDATE vector_store_files SET lease_until = ? WHERE vector_store_id = ? "
-                "AND attempt = ?",
-                (time.time() + lease_s, claim.store_id, claim.attempt),
+                f"UPDATE vector_store_files SET lease_until = {self._NOW} + ? "
+                "WHERE vector_store_id = ? AND attempt = ?",
+                (lease_s, claim.store_id, claim.attempt),
             )
         return cur.rowcount > 0
 

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import RagtuneError
-from ragtune.jobs.backend import Database
+from ragtune.jobs.backend import Database, open_vector_stores
 from ragtune.jobs.ingestion import Ingester
+from ragtune.jobs.launch import run_torchrun, torchrun_command
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
 from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
-from ragtune.jobs.vector_stores import VectorStoreDB
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Worker:
         self.db = db
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.ingester = Ingester(settings, VectorStoreDB(settings.database), objects)
+        self.ingester = Ingester(settings, open_vector_stores(settings), objects)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
@@ -139,26 +139,42 @@ class Worker:
             else:
                 train_path, valid_path = self._data_paths(job)
                 hp = job.spec["hyperparameters"]
-                result = train(
-                    train_path,
-                    run_dir,
-                    method=job.spec["training_type"],
-                    base=self.settings.base_model,
-                    validation=valid_path,
-                    epochs=_auto(hp.get("n_epochs")),
-                    batch_size=_auto(hp.get("batch_size")),
-                    lr_multiplier=_auto(hp.get("learning_rate_multiplier")),
-                    seed=job.seed,
-                    resume=True,
-                    device=self.settings.device,
-                    dtype="float32",
-                    on_step=on_step,
-                    should_stop=should_stop,
-                )
-                if result.status != "succeeded":
+                nproc = self.settings.processes_for(job.spec.get("nproc_per_node"))
+                if nproc > 1:
+                    self._event(job, f"Training on {nproc} processes (torchrun, DDP)")
+                    cmd = torchrun_command(
+                        nproc,
+                        run_dir,
+                        train_path,
+                        valid_path,
+                        job.spec["training_type"],
+                        self.settings.base_model,
+                        job.seed,
+                        hp,
+                        self.settings.device,
+                    )
+                    status, trained = run_torchrun(cmd, run_dir, should_stop)
+                else:
+                    result = train(
+                        train_path,
+                        run_dir,
+                        method=job.spec["training_type"],
+                        base=self.settings.base_model,
+                        validation=valid_path,
+                        epochs=_auto(hp.get("n_epochs")),
+                        batch_size=_auto(hp.get("batch_size")),
+                        lr_multiplier=_auto(hp.get("learning_rate_multiplier")),
+                        seed=job.seed,
+                        resume=True,
+                        device=self.settings.device,
+                        dtype="float32",
+                        on_step=on_step,
+                        should_stop=should_stop,
+                    )
+                    status, trained = result.status, result.trained_tokens
+                if status != "succeeded":
                     self._stopped(claim, lost.is_set(), stop())
                     return
-                trained = result.trained_tokens
         finally:
             beating.set()
             thread.join()

@@ -26,15 +26,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune import __version__
-from ragtune.config import Fusion, kb_path, ragtune_home
+from ragtune.config import Fusion, database_url, kb_path, ragtune_home
 from ragtune.errors import RagtuneError
+from ragtune.io import write_json_atomic
 from ragtune.retrieve.fusion import convex_combination_fusion, reciprocal_rank_fusion
-from ragtune.retrieve.store import Filter, LanceStore
+from ragtune.retrieve.store import Filter, LanceStore, Store
 from ragtune.types import Chunk, Document, Hit, SearchMode
 
 if TYPE_CHECKING:
     from ragtune.retrieve.dense import Embedder
+    from ragtune.retrieve.pgstore import PgStore
     from ragtune.retrieve.rerank import CrossEncoderReranker
+
+    WritableStore = LanceStore | PgStore  # the Store backends (both can also ``cleanup``)
 
 KB_FORMAT_VERSION = 1
 
@@ -42,11 +46,18 @@ KB_FORMAT_VERSION = 1
 def read_manifest(folder: Path, name: str) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.exists():
-        raise RagtuneError(
-            f"No knowledge base named {name!r}",
-            f"create one with: ragtune ingest PATH --kb {name}",
-        )
-    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        raise _no_such(name)
+    return check_manifest(json.loads(path.read_text(encoding="utf-8")), name)
+
+
+def _no_such(name: str) -> RagtuneError:
+    return RagtuneError(
+        f"No knowledge base named {name!r}",
+        f"create one with: ragtune ingest PATH --kb {name}",
+    )
+
+
+def check_manifest(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     major = int(manifest.get("format_version", 0))
     if manifest.get("kind") != "ragtune-kb" or major != KB_FORMAT_VERSION:
         raise RagtuneError(
@@ -65,16 +76,23 @@ class KnowledgeBase:
         self.folder = folder
         self.manifest = manifest
         self.device = device
-        self.store = LanceStore(folder, int(manifest["embedder"]["dim"]), manifest["store"])
+        self.store: Store = open_store(name, manifest)
         self._embedder: Embedder | None = None
 
     @classmethod
     def open(cls, name: str, device: str = "auto") -> KnowledgeBase:
-        folder = kb_path(name)
-        return cls(name, folder, read_manifest(folder, name), device)
+        manifest = load_manifest(name)
+        if manifest is None:
+            raise _no_such(name)
+        return cls(name, kb_path(name), manifest, device)
 
     @staticmethod
     def exists(name: str) -> bool:
+        url = database_url()
+        if url:
+            from ragtune.retrieve import pgcatalog
+
+            return pgcatalog.read_manifest(url, kb_path(name).name) is not None
         return (kb_path(name) / "manifest.json").exists()
 
     @property
@@ -207,11 +225,103 @@ class KnowledgeBase:
         ]
 
 
+# --- where knowledge bases live: folders under RAGTUNE_HOME, or PostgreSQL ----------------
+
+
+def load_manifest(name: str) -> dict[str, Any] | None:
+    """Knowledge base ``name``'s manifest, or None when there is none. With
+    ``RAGTUNE_DATABASE_URL`` set it is read from PostgreSQL (every host sees the same
+    knowledge bases), else from the folder under RAGTUNE_HOME."""
+    folder = kb_path(name)  # rejects a bad name
+    url = database_url()
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        manifest = pgcatalog.read_manifest(url, name)
+        return None if manifest is None else check_manifest(manifest, name)
+    return read_manifest(folder, name) if (folder / "manifest.json").exists() else None
+
+
+def publish(name: str, store: WritableStore, manifest: dict[str, Any]) -> tuple[int, int]:
+    """Commit ``store``'s staged changes and point ``manifest`` (updated in place) at them:
+    in PostgreSQL in one transaction; in a folder by replacing manifest.json atomically after
+    the new snapshot is written. Readers see the old or the new state, never a mix; a writer
+    killed before this returns leaves the old one. Returns (documents, chunks)."""
+    manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if not isinstance(store, LanceStore):
+        store.commit(manifest)
+        counts = manifest["counts"]
+        return int(counts["documents"]), int(counts["chunks"])
+    snapshot = store.commit()
+    documents, chunks = store.count()
+    manifest.update(store=snapshot, counts={"documents": documents, "chunks": chunks})
+    write_json_atomic(kb_path(name) / "manifest.json", manifest)
+    store.cleanup(snapshot)
+    return documents, chunks
+
+
+def _pg_url(name: str) -> str:
+    url = database_url()
+    if not url:
+        raise RagtuneError(
+            f"Knowledge base {name!r} is in PostgreSQL but RAGTUNE_DATABASE_URL is not set",
+            "set RAGTUNE_DATABASE_URL=postgresql://… to the database it was built in",
+        )
+    return url
+
+
+def open_store(name: str, manifest: dict[str, Any]) -> WritableStore:
+    """The store a published manifest names: LanceDB (the default) or PgStore."""
+    dim = int(manifest["embedder"]["dim"])
+    if manifest.get("backend") == "postgresql":
+        from ragtune.jobs.migrations import ensure_schema
+        from ragtune.retrieve.pgstore import PgStore
+
+        url = _pg_url(name)
+        ensure_schema(url)
+        return PgStore(url, name, dim)
+    return LanceStore(kb_path(name), dim, manifest["store"])
+
+
+def new_store(name: str, dim: int) -> WritableStore:
+    """A new, empty store for knowledge base ``name`` on the configured backend (staged:
+    nothing changes for readers until it commits and the manifest is published)."""
+    url = database_url()
+    if url:
+        from ragtune.jobs.migrations import ensure_schema
+        from ragtune.retrieve.pgstore import PgStore
+
+        ensure_schema(url)
+        return PgStore(url, name, dim, fresh=True)
+    return LanceStore(kb_path(name), dim, None)
+
+
+def store_backend() -> str:
+    """The backend new knowledge bases get: ``postgresql`` or ``lancedb``."""
+    return "postgresql" if database_url() else "lancedb"
+
+
+@contextlib.contextmanager
+def kb_lock(name: str) -> Iterator[None]:
+    """Exclusive right to change knowledge base ``name`` (ingest, remove), on any host when
+    it is in PostgreSQL."""
+    url = database_url()
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        with pgcatalog.writer_lock(url, name):
+            yield
+    else:
+        with writer_lock(kb_path(name), name):
+            yield
+
+
 def new_manifest(name: str, config: dict[str, Any], embedder: dict[str, Any]) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return {
         "format_version": KB_FORMAT_VERSION,
         "kind": "ragtune-kb",
+        "backend": store_backend(),
         "ragtune_version": __version__,
         "name": name,
         "created_at": now,
@@ -283,19 +393,28 @@ def kb_info(name: str) -> KbInfo:
     """Facts about knowledge base ``name`` from its manifest (no model is loaded)."""
     folder = kb_path(name)
     made_by = "eval" if name.startswith("eval-") else "ingest"
+    url = database_url()
     try:
-        manifest = read_manifest(folder, name)
+        manifest = load_manifest(name)
+        if manifest is None:
+            raise _no_such(name)
     except (RagtuneError, ValueError, KeyError) as e:
-        if not folder.is_dir():
+        if url or not folder.is_dir():
             raise
         problem = e.message if isinstance(e, RagtuneError) else f"unreadable manifest: {e}"
         return KbInfo(name, 0, 0, _folder_size(folder), "", "", "", {}, made_by, problem)
     counts = manifest.get("counts", {})
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        size = pgcatalog.size_bytes(url, name)
+    else:
+        size = _folder_size(folder)
     return KbInfo(
         name=name,
         documents=int(counts.get("documents", 0)),
         chunks=int(counts.get("chunks", 0)),
-        size_bytes=_folder_size(folder),
+        size_bytes=size,
         created_at=str(manifest.get("created_at", "")),
         updated_at=str(manifest.get("updated_at", "")),
         embedder=str(manifest.get("embedder", {}).get("name", "")),
@@ -305,7 +424,12 @@ def kb_info(name: str) -> KbInfo:
 
 
 def list_knowledge_bases() -> list[KbInfo]:
-    """Every knowledge base under ``$RAGTUNE_HOME/kb``, by name."""
+    """Every knowledge base (under ``$RAGTUNE_HOME/kb``, or in PostgreSQL), by name."""
+    url = database_url()
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        return [kb_info(name) for name in pgcatalog.names(url)]
     root = ragtune_home() / "kb"
     if not root.is_dir():
         return []
@@ -318,9 +442,31 @@ def remove_knowledge_base(name: str) -> None:
     """Delete knowledge base ``name``: it is renamed out of sight first (atomic), so a
     crash part-way never leaves a half-deleted base under its name."""
     folder = kb_path(name)
+    url = database_url()
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        with kb_lock(name):
+            if not pgcatalog.remove(url, name):
+                raise RagtuneError(
+                    f"No knowledge base named {name!r}", "see them with: ragtune kb list"
+                )
+        return
     if not folder.is_dir():
         raise RagtuneError(f"No knowledge base named {name!r}", "see them with: ragtune kb list")
     with writer_lock(folder, name):
         trash = folder.parent / f".removing-{name}-{os.getpid()}"
         os.replace(folder, trash)
     shutil.rmtree(trash)
+
+
+def discard_knowledge_base(name: str) -> None:
+    """Delete knowledge base ``name`` if there is one, without waiting for its writer (a
+    vector store deleted through the API)."""
+    url = database_url()
+    if url:
+        from ragtune.retrieve import pgcatalog
+
+        pgcatalog.remove(url, name)
+    else:
+        shutil.rmtree(kb_path(name), ignore_errors=True)

@@ -26,6 +26,7 @@ writers of one knowledge base queue on its ``kb_meta`` row.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -90,7 +91,7 @@ def filter_clause(where: Filter | None) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" AND ").join(clauses), args
 
 
-def _index_name(kb: str) -> str:
+def index_name(kb: str) -> str:
     return "kb_hnsw_" + hashlib.sha256(kb.encode()).hexdigest()[:16]
 
 
@@ -110,8 +111,12 @@ class PgStore:
         exact: bool = False,
         m: int = 16,
         ef_construction: int = 64,
+        fresh: bool = False,
+        build_memory: str = "512MB",
     ) -> None:
         self.url = url
+        self.fresh = fresh  # the first write transaction empties the knowledge base first
+        self.build_memory = build_memory  # maintenance_work_mem of the HNSW build
         self.kb = kb
         self.dim = dim
         self.ef_search = ef_search
@@ -263,6 +268,9 @@ class PgStore:
             row = conn.execute(
                 "SELECT dim FROM kb_meta WHERE kb = %s FOR UPDATE", (self.kb,)
             ).fetchone()
+            if self.fresh and row is not None:
+                self._empty(conn, int(row[0]))
+                row = (self.dim,)
             if row is None or int(row[0]) != self.dim:
                 conn.rollback()
                 conn.close()
@@ -275,6 +283,25 @@ class PgStore:
                 )
             self._write = conn
         return self._write
+
+    def _empty(self, conn: psycopg.Connection[Any], dim: int) -> None:
+        """Stage the removal of everything in this knowledge base (a rebuild, or rows an
+        ingest committed before it died without publishing a manifest); readers keep
+        seeing the old rows until :meth:`commit`."""
+        conn.execute("DELETE FROM kb_chunks WHERE kb = %s", (self.kb,))
+        conn.execute("DELETE FROM kb_documents WHERE kb = %s", (self.kb,))
+        if dim != self.dim:  # the HNSW index is on embedding::vector(dim): rebuilt at commit
+            conn.execute(
+                sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index_name(self.kb)))
+            )
+        conn.execute(
+            "UPDATE kb_meta SET dim = %s, n_chunks = 0, total_len = 0 WHERE kb = %s",
+            (self.dim, self.kb),
+        )
+        self.fresh = False
+
+    def cleanup(self, snapshot: dict[str, Any]) -> None:
+        """Nothing to drop: PostgreSQL's MVCC keeps no old snapshots for readers to open."""
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         if not doc_ids:
@@ -358,17 +385,22 @@ class PgStore:
                 (len(chunks), total, self.kb),
             )
 
-    def commit(self) -> dict[str, Any]:
-        """Build this knowledge base's HNSW index if it has none, and publish."""
+    def commit(self, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Build this knowledge base's HNSW index if it has none, and publish. A given
+        ``manifest`` gets the snapshot and counts and is stored in the same transaction, so
+        readers see the new chunks and the manifest describing them at once."""
         w = self._writer()
-        w.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        # the build is much faster while the graph fits in maintenance_work_mem
+        w.execute(
+            sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(self.build_memory))
+        )
         w.execute(
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {name} ON kb_chunks USING hnsw "
                 "((embedding::vector({dim})) vector_cosine_ops) "
                 "WITH (m = {m}, ef_construction = {efc}) WHERE kb = {kb}"
             ).format(
-                name=sql.Identifier(_index_name(self.kb)),
+                name=sql.Identifier(index_name(self.kb)),
                 dim=sql.Literal(self.dim),
                 m=sql.Literal(self.m),
                 efc=sql.Literal(self.ef_construction),
@@ -376,13 +408,28 @@ class PgStore:
             )
         )
         row = w.execute(
-            "UPDATE kb_meta SET version = version + 1 WHERE kb = %s RETURNING version", (self.kb,)
+            "UPDATE kb_meta SET version = version + 1 WHERE kb = %s RETURNING version, n_chunks",
+            (self.kb,),
         ).fetchone()
+        assert row is not None
+        snapshot = {"backend": "postgresql", "kb": self.kb, "version": int(row[0])}
+        if manifest is not None:
+            docs = w.execute(
+                "SELECT count(*) FROM kb_documents WHERE kb = %s", (self.kb,)
+            ).fetchone()
+            assert docs is not None
+            manifest.update(
+                store=snapshot, counts={"documents": int(docs[0]), "chunks": int(row[1])}
+            )
+            w.execute(
+                "INSERT INTO kb_manifests (kb, manifest) VALUES (%s, %s::jsonb) "
+                "ON CONFLICT (kb) DO UPDATE SET manifest = excluded.manifest",
+                (self.kb, json.dumps(manifest, sort_keys=True)),
+            )
         w.commit()
         w.close()
         self._write = None
-        assert row is not None
-        return {"backend": "postgresql", "kb": self.kb, "version": int(row[0])}
+        return snapshot
 
 
 def _chunk(r: Sequence[Any]) -> Chunk:

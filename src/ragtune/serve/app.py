@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from ragtune import __version__
-from ragtune.jobs.backend import open_backend
+from ragtune.jobs.backend import open_backend, open_key_table
 from ragtune.jobs.keys import KeyRing, load_keys
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.serve import errors
@@ -39,7 +39,7 @@ def create_app(
     """The app. ``on_shutdown`` runs when the server stops (uvicorn ends the process by
     re-raising the signal that stopped it, so code after ``uvicorn.run`` may never run)."""
     settings = settings or ServiceSettings.from_env()
-    keys = keys or load_keys(api_keys_env, settings.keys_file)
+    keys = keys or load_keys(api_keys_env, settings.keys_file, open_key_table())
     owned = engine is None  # an engine the caller passes in is the caller's to close
     engine = engine or Engine(settings.base_model, device=settings.device)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ragtune.config import RetrieveConfig, kb_path
 from ragtune.jobs.vector_stores import Attributes, VSFileRecord
-from ragtune.retrieve.kb import KnowledgeBase, read_manifest
+from ragtune.retrieve.kb import KnowledgeBase, load_manifest
 from ragtune.retrieve.store import Filter
 from ragtune.serve.protocol.vector_stores import ComparisonFilter, CompoundFilter, Filters
 from ragtune.types import Chunk
@@ -77,16 +77,15 @@ class KnowledgeBases:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> KnowledgeBase | None:
-        folder = kb_path(name)
-        if not (folder / "manifest.json").exists():
+        manifest = load_manifest(name)  # from the folder, or PostgreSQL when configured
+        if manifest is None:
             return None
-        manifest = read_manifest(folder, name)
         version = str(manifest["store"])
         with self._lock:
             cached = self._open.get(name)
             if cached is not None and cached[0] == version:
                 return cached[1]
-        kb = KnowledgeBase(name, folder, manifest, self.device)
+        kb = KnowledgeBase(name, kb_path(name), manifest, self.device)
         with self._lock:
             self._open[name] = (version, kb)
         return kb

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
 
@@ -26,6 +26,15 @@ class Method(BaseModel):
     supervised: SupervisedMethod | None = None
 
 
+class RagtuneOptions(BaseModel):
+    """ragtune's extension of a job: how the worker runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+    # data-parallel processes (torchrun DDP: gloo on CPU, one GPU each with NCCL); None: the
+    # worker's setting (RAGTUNE_TRAIN_NPROC, by default all its GPUs, else one process)
+    nproc_per_node: int | None = Field(default=None, ge=1, le=64)
+
+
 class JobCreateParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
@@ -39,6 +48,7 @@ class JobCreateParams(BaseModel):
     integrations: list[Any] | None = None
     # ragtune extension: LoRA adapters (default) or all weights.
     training_type: Literal["lora", "full"] = "lora"
+    ragtune: RagtuneOptions | None = None
 
 
 class Error(BaseModel):

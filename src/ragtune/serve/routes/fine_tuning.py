@@ -143,6 +143,7 @@ def create_job(body: JobCreateParams, service: ServiceDep, project: ProjectDep) 
                 k: v if v is not None else "auto" for k, v in hp.model_dump().items()
             },
             "training_type": body.training_type,
+            "nproc_per_node": body.ragtune.nproc_per_node if body.ragtune else None,
         },
         status="validating_files",
     )

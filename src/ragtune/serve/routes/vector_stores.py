@@ -6,14 +6,14 @@ Adding a file queues it for ingestion by the workers (``in_progress`` -> ``compl
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from ragtune.config import IngestConfig, kb_path
+from ragtune.config import IngestConfig
+from ragtune.jobs.backend import open_vector_stores
 from ragtune.jobs.vector_stores import (
     BatchRecord,
     VectorStoreDB,
@@ -21,6 +21,7 @@ from ragtune.jobs.vector_stores import (
     VSFileRecord,
     new_id,
 )
+from ragtune.retrieve.kb import discard_knowledge_base
 from ragtune.serve.errors import APIError, not_found
 from ragtune.serve.protocol.common import list_page
 from ragtune.serve.protocol.vector_stores import (
@@ -58,7 +59,7 @@ def vector_store_db(request: Request) -> VectorStoreDB:
     state = request.app.state
     if getattr(state, "vector_store_db", None) is None:
         service: Service = state.service
-        state.vector_store_db = VectorStoreDB(service.settings.database)
+        state.vector_store_db = open_vector_stores(service.settings)
         state.knowledge_bases = KnowledgeBases(service.settings.device)
     db: VectorStoreDB = state.vector_store_db
     return db
@@ -242,7 +243,7 @@ def delete_vector_store(
     if not db.delete_store(project, vector_store_id):
         raise not_found("vector store", vector_store_id, "vector_store_id")
     knowledge_bases(request).forget(store.kb_name)
-    shutil.rmtree(kb_path(store.kb_name), ignore_errors=True)
+    discard_knowledge_base(store.kb_name)
     return VectorStoreDeleted(id=vector_store_id, deleted=True).model_dump()
 
 
