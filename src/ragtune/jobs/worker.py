@@ -28,6 +28,7 @@ from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
 from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
+from ragtune.jobs.task_worker import TaskRunner
 from ragtune.jobs.vector_stores import VectorStoreDB
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Worker:
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ingester = Ingester(settings, VectorStoreDB(settings.database), objects)
+        self.tasks = TaskRunner(settings, db, objects, self.id)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
@@ -55,8 +57,8 @@ class Worker:
     def run_one(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Claim one job and take it one stage further; False when there was nothing to do."""
         claim = self.db.claim(self.id, self.settings.lease_s)
-        if claim is None:
-            return self.ingester.run_one()  # vector store files, when no job waits
+        if claim is None:  # vector store files, then comparisons and other tasks
+            return self.ingester.run_one() or self.tasks.run_one(stop)
         job = claim.job
         try:
             if job.cancel_requested:

@@ -16,6 +16,7 @@ from ragtune.serve import errors
 from ragtune.serve.engine import Engine
 from ragtune.serve.routes import (
     chat,
+    comparisons,
     completions,
     embeddings,
     files,
@@ -69,6 +70,7 @@ def create_app(
         embeddings,
         vector_stores,
         responses,
+        comparisons,
     ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     mount_web(app)
