@@ -233,6 +233,61 @@ def test_playground_four_columns_with_a_citation(server: Server, browser: Any) -
     close_dialog(browser)
 
 
+QUESTIONS = [
+    {"id": "q1", "question": "What is the capital of Zorbland?", "answers": ["Vetrin"],
+     "doc_id": "zorbland.txt", "split": "test"},
+    {"id": "q2", "question": "Why is the sea blue?", "answers": ["water absorbs red light"],
+     "doc_id": "ocean.txt", "split": "test"},
+]  # fmt: skip
+
+
+def test_compare_runs_a_comparison_and_opens_its_report(
+    server: Server, browser: Any, tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    use_key(browser, server, KEY_A, "compare")
+    assert "handbook" in css(browser, "#cmp-store").text  # the store made above
+    css(browser, "#cmp-questions-upload").send_keys(str(questions))
+    wait(browser, lambda d: "uploaded as" in css(d, "#cmp-state").text, 30, "no questions file")
+    assert "questions.jsonl" in css(browser, "#cmp-questions").text
+    # the smallest comparison: the two arms without training, two questions, short answers
+    for arm in ("ft", "ft_rag"):
+        css(browser, f"input[name=cmp_arm][value={arm}]").click()
+    css(browser, "#cmp-max-questions").send_keys("2")
+    css(browser, "#cmp-max-tokens").clear()
+    css(browser, "#cmp-max-tokens").send_keys("4")
+    css(browser, "#cmp-form button[type=submit]").click()
+    wait(browser, lambda d: not css(d, "#cmp-detail").get_attribute("hidden"), 20, "no detail")
+    stages = set()
+
+    def finished(d: Any) -> bool:
+        stages.add(css(d, "#cd-stage").text.split(" — ")[0])
+        return css(d, "#cd-status").text in ("succeeded", "failed", "cancelled")
+
+    wait(browser, finished, 300, "the comparison did not finish")
+    assert css(browser, "#cd-status").text == "succeeded", css(browser, "#cd-error").text
+    assert stages & {"preparing", "building the knowledge base", "answering: base"}, stages
+    assert css(browser, "#cd-progress").get_attribute("value") == "1"
+    assert "answered best" in css(browser, "#cd-verdict").text
+    wait(browser, lambda d: not css(d, "#cd-report").get_attribute("hidden"), 30, "no report")
+    cid = css(browser, "#cd-id").text
+    assert texts(browser, f"#comparisons tr[data-comparison-id='{cid}']")
+    # the report, inside the app, styled by its own CSS under the app's policy
+    browser.switch_to.frame(css(browser, "#cd-report"))
+    try:
+        wait(browser, lambda d: all_css(d, "h1"), 20, "the report did not load")
+        assert css(browser, "h1").text == "ragtune: base vs RAG vs fine-tuned"
+        size = browser.execute_script(
+            "return getComputedStyle(document.querySelector('h1')).fontSize"
+        )
+        assert size == "26px"
+        assert "Verdict" in texts(browser, "h2")
+    finally:
+        browser.switch_to.default_content()
+    screenshot(browser, "compare")
+
+
 def test_phone_width(server: Server, browser: Any) -> None:
     browser.set_window_size(390, 844)
     try:
@@ -241,6 +296,13 @@ def test_phone_width(server: Server, browser: Any) -> None:
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390  # nothing forces sideways scrolling
         screenshot(browser, "knowledge-phone")
+        use_key(browser, server, KEY_A, "compare")
+        wide = browser.execute_script(
+            "return [...document.querySelectorAll('#page-compare *')]"
+            ".filter(e => e.getBoundingClientRect().right > 390).map(e => e.tagName + '#' + e.id)"
+        )
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390, wide
+        screenshot(browser, "compare-phone")
     finally:
         browser.set_window_size(1280, 1000)
 
@@ -258,5 +320,8 @@ def test_second_key_sees_none_of_the_first_keys_objects(server: Server, browser:
     options = [o.get_attribute("value") for o in all_css(browser, "#play-model-ft option")]
     assert options and not any(o.startswith("ft:") for o in options)
     assert all_css(browser, "#play-store option") == []
+    use_key(browser, server, KEY_B, "compare")
+    assert all_css(browser, "#comparisons tr") == []
+    assert all_css(browser, "#cmp-store option") == [] == all_css(browser, "#cmp-questions option")
     # and the first key still has them
     assert server.api("GET", "/vector_stores", KEY_A)["data"]
