@@ -6,6 +6,7 @@ previous one made (the store, the fine-tuned model)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,40 @@ def test_bad_training_file_shows_line_errors(server: Server, browser: Any, tmp_p
     assert any(e.startswith("line 2:") for e in errors), errors
     assert any(e.startswith("line 3:") for e in errors), errors
     assert "bad.jsonl was rejected" in css(browser, "#train-upload").text
+
+
+def test_generate_training_data_from_a_store_shows_its_coverage(
+    server: Server, browser: Any
+) -> None:
+    use_key(browser, server, KEY_A, "training")
+    assert "handbook" in css(browser, "#gen-store").text
+    css(browser, "#gen-max").clear()
+    css(browser, "#gen-max").send_keys("2")
+    css(browser, "#gen-para").clear()
+    css(browser, "#gen-para").send_keys("0")
+    css(browser, "#gen-form button[type=submit]").click()
+
+    def ended(d: Any) -> bool:
+        return css(d, "#gen-state").get_attribute("data-status") in ("succeeded", "failed")
+
+    wait(browser, ended, 180, "the generation did not end")
+    terms, values = texts(browser, "#gen-coverage dt"), texts(browser, "#gen-coverage dd")
+    coverage = dict(zip(terms, values, strict=True))
+    assert coverage["Documents covered"].endswith("of 2"), coverage
+    counts = re.match(r"(\d+) of (\d+) generated", coverage["Pairs kept"])
+    assert counts, coverage
+    kept, generated = counts.groups()
+    assert int(generated) > 0
+    if css(browser, "#gen-state").get_attribute("data-status") == "succeeded":
+        # the new training file is listed and selected for a fine-tuning job
+        assert int(kept) > 0
+        assert "make-qa.jsonl" in css(browser, "#job-training-file option:checked").text
+    else:
+        # the tiny random test model writes no checkable pair: every drop has its reason
+        assert int(kept) == 0 and "make-qa kept no pairs" in css(browser, "#gen-state").text
+        reasons = coverage["Dropped"]
+        assert re.fullmatch(r"(\w[\w ]*: \d+)(, \w[\w ]*: \d+)*", reasons), reasons
+    screenshot(browser, "training-generate")
 
 
 def test_fine_tuning_job_reaches_succeeded_with_loss_curve(
@@ -316,6 +351,7 @@ def test_second_key_sees_none_of_the_first_keys_objects(server: Server, browser:
     use_key(browser, server, KEY_B, "training")
     assert all_css(browser, "#jobs tr") == []
     assert all_css(browser, "#job-training-file option") == []
+    assert all_css(browser, "#gen-store option") == []
     use_key(browser, server, KEY_B, "playground")
     options = [o.get_attribute("value") for o in all_css(browser, "#play-model-ft option")]
     assert options and not any(o.startswith("ft:") for o in options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,30 @@ def _copy(ctx: TaskContext, key: str, dst: Path) -> None:
     tmp.replace(dst)
 
 
+def copy_documents(
+    ctx: TaskContext, project: str, store_id: str | None, file_ids: Sequence[str], dest: Path
+) -> None:
+    """Copy a vector store's processed files and the given files into ``dest``, under their
+    uploaded names (made safe and unique)."""
+    names: set[str] = set()
+    if store_id:
+        from ragtune.jobs.vector_stores import VectorStoreDB
+
+        files = VectorStoreDB(ctx.settings.database).store_files(
+            project, store_id, status="completed"
+        )
+        if not files:
+            raise RagtuneError(
+                f"Vector store {store_id} has no processed files",
+                "add documents to it and wait until they are completed",
+            )
+        for f in files:
+            _copy(ctx, f.object_key, dest / _safe_name(f.filename, names))
+    for file_id in file_ids:
+        record = _file(ctx, project, file_id)
+        _copy(ctx, record.key, dest / _safe_name(record.filename, names))
+
+
 def materialize(spec: ComparisonSpec, project: str, ctx: TaskContext, work: Path) -> CompareInputs:
     """The comparison's input files, copied out of the object store into ``work/inputs``
     (once: a resumed comparison finds them there, byte for byte the same)."""
@@ -172,23 +197,7 @@ def materialize(spec: ComparisonSpec, project: str, ctx: TaskContext, work: Path
     if not done.exists():
         shutil.rmtree(inputs, ignore_errors=True)
         _copy(ctx, questions_record.key, questions)
-        names: set[str] = set()
-        if spec.vector_store_id:
-            from ragtune.jobs.vector_stores import VectorStoreDB
-
-            files = VectorStoreDB(ctx.settings.database).store_files(
-                project, spec.vector_store_id, status="completed"
-            )
-            if not files:
-                raise RagtuneError(
-                    f"Vector store {spec.vector_store_id} has no processed files",
-                    "add documents to it and wait until they are completed",
-                )
-            for f in files:
-                _copy(ctx, f.object_key, docs / _safe_name(f.filename, names))
-        for file_id in spec.document_files:
-            record = _file(ctx, project, file_id)
-            _copy(ctx, record.key, docs / _safe_name(record.filename, names))
+        copy_documents(ctx, project, spec.vector_store_id, spec.document_files, docs)
         if train is not None and spec.training_file:
             _copy(ctx, _file(ctx, project, spec.training_file).key, train)
         done.touch()

@@ -34,6 +34,15 @@ class TaskStopped(Exception):
         self.reason = reason  # "cancelled", "lost" or "shutdown"
 
 
+class TaskFailed(RagtuneError):
+    """A task that could not produce its result, with what it found on the way (recorded
+    with the error, e.g. make-qa's coverage when every pair was dropped)."""
+
+    def __init__(self, message: str, result: dict[str, Any], hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.result = result
+
+
 @dataclass
 class Progress:
     """What a running task reports: its stage, the fraction done and a message."""
@@ -141,6 +150,7 @@ class TaskRunner:
             status = "queued" if e.reason == "shutdown" else "cancelled"
         except RagtuneError as e:
             error = JobError("invalid_request", str(e).replace("\n  hint:", "; hint:"))
+            result = e.result if isinstance(e, TaskFailed) else None
         except Exception as e:  # a bug or a crash in a stage: the task fails, the worker lives
             log.exception("task %s failed", task.id)
             error = JobError("internal_error", f"{type(e).__name__}: {e}")

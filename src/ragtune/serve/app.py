@@ -22,6 +22,7 @@ from ragtune.serve.routes import (
     files,
     fine_tuning,
     models,
+    qa_generations,
     responses,
     vector_stores,
     weight_diff,
@@ -71,6 +72,7 @@ def create_app(
         vector_stores,
         responses,
         comparisons,
+        qa_generations,
     ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     mount_web(app)

@@ -94,3 +94,27 @@ class Comparison(BaseModel):
     report_url: str | None = None  # relative: /v1/comparisons/{id}/report (HTML)
     results_url: str | None = None  # relative: /v1/comparisons/{id}/results (results.json)
     metadata: dict[str, str] | None = None
+
+
+class QAGenerationCreateParams(BaseModel):
+    """``ragtune make-qa`` on the project's documents (a ragtune extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: Documents
+    max_pairs: int = Field(200, ge=1, le=5000)
+    paraphrases: int = Field(2, ge=0, le=5)
+    seed: int = 0
+    filename: str = Field("make-qa.jsonl", pattern=r"^[A-Za-z0-9._-]{1,64}\.jsonl$")
+
+
+class QAGeneration(BaseModel):
+    id: str
+    object: Literal["qa_generation"] = "qa_generation"
+    created_at: int
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress | None = None
+    finished_at: int | None = None
+    error: Error | None = None
+    request: dict[str, Any]
+    training_file: str | None = None  # the generated file (purpose fine-tune), when done
+    coverage: dict[str, Any] | None = None  # pairs kept, dropped by reason, documents covered

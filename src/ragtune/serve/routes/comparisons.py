@@ -19,10 +19,10 @@ from fastapi.responses import Response
 from ragtune.errors import RagtuneError
 from ragtune.jobs.comparisons import ComparisonSpec
 from ragtune.jobs.store import FileRecord
-from ragtune.jobs.tasks import TaskDB, TaskRecord, new_task_id, open_tasks
+from ragtune.jobs.tasks import TaskDB, TaskKind, TaskRecord, new_task_id, open_tasks
 from ragtune.serve.errors import APIError, not_found
 from ragtune.serve.protocol.common import list_page
-from ragtune.serve.protocol.comparisons import Comparison, ComparisonCreateParams
+from ragtune.serve.protocol.comparisons import Comparison, ComparisonCreateParams, Documents
 from ragtune.serve.protocol.fine_tuning import Error
 from ragtune.serve.state import ProjectDep, Service, ServiceDep
 
@@ -102,6 +102,35 @@ def _check_questions(service: Service, record: FileRecord, body: ComparisonCreat
         )
 
 
+def check_documents(
+    service: Service, project: str, docs: Documents
+) -> tuple[tuple[str, ...], str | None]:
+    """The documents' file ids and vector store id, each checked to be the project's."""
+    if (docs.file_ids is None) == (docs.vector_store_id is None):
+        raise APIError(
+            400,
+            "Give documents as either file_ids or vector_store_id",
+            "documents",
+            "invalid_value",
+        )
+    for i, file_id in enumerate(docs.file_ids or []):
+        _file(service, project, file_id, f"documents.file_ids[{i}]", ("assistants", "user_data"))
+    if docs.vector_store_id is not None:
+        from ragtune.jobs.vector_stores import VectorStoreDB
+
+        vs = VectorStoreDB(service.settings.database)
+        if vs.get_store(project, docs.vector_store_id) is None:
+            raise not_found("vector store", docs.vector_store_id, "documents.vector_store_id")
+        if not vs.store_files(project, docs.vector_store_id):
+            raise APIError(
+                400,
+                f"Vector store {docs.vector_store_id} has no files",
+                "documents.vector_store_id",
+                "invalid_value",
+            )
+    return tuple(docs.file_ids or ()), docs.vector_store_id
+
+
 def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> ComparisonSpec:
     """Check every parameter against the project's objects; the resolved spec."""
     from ragtune.evaluate.formats import parse_format_spec
@@ -129,35 +158,7 @@ def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> Co
     squad = questions.filename.lower().endswith(".json")
 
     docs = body.documents
-    files: tuple[str, ...] = ()
-    store_id = None
-    if docs is not None:
-        if (docs.file_ids is None) == (docs.vector_store_id is None):
-            raise APIError(
-                400,
-                "Give documents as either file_ids or vector_store_id",
-                "documents",
-                "invalid_value",
-            )
-        for i, file_id in enumerate(docs.file_ids or []):
-            _file(
-                service, project, file_id, f"documents.file_ids[{i}]", ("assistants", "user_data")
-            )
-        files = tuple(docs.file_ids or ())
-        if docs.vector_store_id is not None:
-            from ragtune.jobs.vector_stores import VectorStoreDB
-
-            vs = VectorStoreDB(service.settings.database)
-            if vs.get_store(project, docs.vector_store_id) is None:
-                raise not_found("vector store", docs.vector_store_id, "documents.vector_store_id")
-            if not vs.store_files(project, docs.vector_store_id):
-                raise APIError(
-                    400,
-                    f"Vector store {docs.vector_store_id} has no files",
-                    "documents.vector_store_id",
-                    "invalid_value",
-                )
-            store_id = docs.vector_store_id
+    files, store_id = check_documents(service, project, docs) if docs else ((), None)
     training = body.training
     if docs is None and not squad and (rag or (ft and training.type == "generated")):
         raise APIError(
@@ -272,24 +273,44 @@ def create_comparison(
     body: ComparisonCreateParams, request: Request, service: ServiceDep, project: ProjectDep
 ) -> dict[str, Any]:
     spec = _resolve(service, project, body)
-    tasks = task_db(request)
-    if tasks.count_waiting() >= service.settings.max_waiting_jobs:
-        raise APIError(429, "Too many comparisons are waiting; try again later", code="queue_full")
-    task = TaskRecord(
-        id=new_task_id("comparison"),
-        project=project,
-        kind="comparison",
-        created_at=int(time.time()),
-        spec=spec.to_dict(),
-    )
-    tasks.add(task)
-    return comparison_object(task)
+    return comparison_object(queue_task(request, service, project, "comparison", spec.to_dict()))
 
 
 def _task(request: Request, project: str, comparison_id: str) -> TaskRecord:
-    task = task_db(request).get(project, "comparison", comparison_id)
+    return get_task(request, project, "comparison", comparison_id)
+
+
+def get_task(request: Request, project: str, kind: TaskKind, task_id: str) -> TaskRecord:
+    task = task_db(request).get(project, kind, task_id)
     if task is None:
-        raise not_found("comparison", comparison_id, "comparison_id")
+        what = "comparison" if kind == "comparison" else "qa generation"
+        raise not_found(what, task_id, f"{what.replace(' ', '_')}_id")
+    return task
+
+
+def cancel_task(request: Request, project: str, kind: TaskKind, task_id: str) -> TaskRecord:
+    """Cancel a task of the project (409 once it has ended)."""
+    task = get_task(request, project, kind, task_id)
+    if task.status in ("succeeded", "failed", "cancelled"):
+        raise APIError(
+            409,
+            f"{task_id} has already {task.status}; it cannot be cancelled",
+            code=f"{kind}_finished",
+        )
+    return task_db(request).request_cancel(project, kind, task_id) or task
+
+
+def queue_task(
+    request: Request, service: Service, project: str, kind: TaskKind, spec: dict[str, Any]
+) -> TaskRecord:
+    """Add a task of the project to the queue (429 when too many wait)."""
+    tasks = task_db(request)
+    if tasks.count_waiting() >= service.settings.max_waiting_jobs:
+        raise APIError(429, "Too many tasks are waiting; try again later", code="queue_full")
+    task = TaskRecord(
+        id=new_task_id(kind), project=project, kind=kind, created_at=int(time.time()), spec=spec
+    )
+    tasks.add(task)
     return task
 
 
@@ -313,15 +334,7 @@ def retrieve_comparison(
 
 @router.post("/comparisons/{comparison_id}/cancel")
 def cancel_comparison(comparison_id: str, request: Request, project: ProjectDep) -> dict[str, Any]:
-    task = _task(request, project, comparison_id)
-    if task.status in ("succeeded", "failed", "cancelled"):
-        raise APIError(
-            409,
-            f"Comparison {comparison_id} has already {task.status}; it cannot be cancelled",
-            code="comparison_finished",
-        )
-    task = task_db(request).request_cancel(project, "comparison", comparison_id) or task
-    return comparison_object(task)
+    return comparison_object(cancel_task(request, project, "comparison", comparison_id))
 
 
 def _report_bytes(service: Service, task: TaskRecord, which: str) -> bytes:
