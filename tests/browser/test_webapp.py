@@ -320,6 +320,7 @@ def test_compare_runs_a_comparison_and_opens_its_report(
         assert "Verdict" in texts(browser, "h2")
     finally:
         browser.switch_to.default_content()
+    browser.execute_script("window.scrollTo(0, 0)")
     screenshot(browser, "compare")
 
 
