@@ -95,6 +95,11 @@ def test_every_parameter_is_checked_before_a_job_exists(
             "No such",
         ),
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "positive"),
+        (
+            {"training": {"type": "file", "file_id": ids["train"], "max_pairs": 5}},
+            "training.max_pairs",
+            "generated training data only",
+        ),
         ({"format_check": "regex:("}, "format_check", "regular expression"),
         ({"format_check": "json-schema:/etc/passwd"}, "format_check", "inline"),
         ({"chunk_tokens": 10, "chunk_overlap": 10}, "chunk_overlap", "smaller"),
@@ -261,5 +266,10 @@ def test_a_comparison_over_plain_http(live: str, served: Served, world: dict[str
             ]
             == []
         )
-    # The work folder (with its knowledge base) is gone; the report is kept as objects.
-    assert not (served.settings.home / "comparisons" / cid).exists()
+    # The work folder (with its knowledge base) is removed by the worker once the result is
+    # recorded; the report is kept as objects.
+    work = served.settings.home / "comparisons" / cid
+    deadline = time.monotonic() + 60
+    while work.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not work.exists()

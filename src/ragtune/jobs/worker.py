@@ -7,6 +7,10 @@ lease runs out another worker claims the job and resumes the run from its last c
 (``train(resume=True)``). The training loop polls :meth:`JobTable.should_stop` after every
 optimizer step, so a cancellation, or the loss of the lease, stops it within one step.
 Only the holder of the current attempt token can write the final status (exactly once).
+
+When no fine-tuning job waits, the worker ingests vector store files, then runs the task
+table's tasks — comparisons and make-qa generations (:mod:`ragtune.jobs.task_worker`) — with
+the same lease and attempt-token contract.
 """
 
 from __future__ import annotations

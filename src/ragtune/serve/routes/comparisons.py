@@ -224,6 +224,13 @@ def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> Co
         hp = dict(job.spec.get("hyperparameters", {}))  # the job's, unless given below
     elif training.max_pairs is not None:
         settings["max_qa_pairs"] = training.max_pairs
+    if training.type != "generated" and training.max_pairs is not None:
+        raise APIError(
+            400,
+            "training.max_pairs applies to generated training data only",
+            "training.max_pairs",
+            "invalid_value",
+        )
     if body.hyperparameters is not None:
         hp.update({k: v for k, v in body.hyperparameters.model_dump().items() if v is not None})
     for name, value in hp.items():
