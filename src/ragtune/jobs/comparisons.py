@@ -165,11 +165,7 @@ def copy_documents(
     uploaded names (made safe and unique)."""
     names: set[str] = set()
     if store_id:
-        from ragtune.jobs.vector_stores import VectorStoreDB
-
-        files = VectorStoreDB(ctx.settings.database).store_files(
-            project, store_id, status="completed"
-        )
+        files = ctx.vector_stores.store_files(project, store_id, status="completed")
         if not files:
             raise RagtuneError(
                 f"Vector store {store_id} has no processed files",

@@ -87,8 +87,9 @@ CREATE INDEX kb_chunks_tsv ON kb_chunks USING gin (tsv);
 -- ragtune.retrieve.pgstore when the knowledge base is first committed.
 """,
     ),
+    # 4, not 3: issue 13's branch adds migration 3 (vector stores, keys, manifests).
     Migration(
-        3,
+        4,
         "tasks: comparisons and training-data generation (ragtune.jobs.tasks)",
         """
 CREATE TABLE tasks (

@@ -22,6 +22,7 @@ from ragtune.jobs.backend import Database
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.store import JobError, ObjectStore
 from ragtune.jobs.tasks import TaskClaim, TaskDB, TaskRecord, TaskStatus, open_tasks
+from ragtune.jobs.vector_stores import VectorStoreDB
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a task's function may use: the service's settings, files and objects."""
+    """What a task's function may use: the service's settings, files, objects and vector
+    store tables (the worker's own, whichever backend it opened)."""
 
     settings: ServiceSettings
     db: Database
     objects: ObjectStore
+    vector_stores: VectorStoreDB
 
 
 TaskFunction = Callable[[TaskRecord, TaskContext, Progress], dict[str, Any]]
@@ -112,9 +115,14 @@ def cleanup_function(kind: str) -> Callable[[TaskRecord, TaskContext], None]:
 
 class TaskRunner:
     def __init__(
-        self, settings: ServiceSettings, db: Database, objects: ObjectStore, worker_id: str
+        self,
+        settings: ServiceSettings,
+        db: Database,
+        objects: ObjectStore,
+        vector_stores: VectorStoreDB,
+        worker_id: str,
     ) -> None:
-        self.ctx = TaskContext(settings, db, objects)
+        self.ctx = TaskContext(settings, db, objects, vector_stores)
         self.tasks = open_tasks(settings.database)
         self.worker_id = worker_id
 

@@ -7,7 +7,7 @@ current attempt token can record progress or finish the task (exactly once).
 
 The table is new and separate (``tasks``), so the fine-tuning job table is unchanged. One
 class serves both backends: SQLite (the service database file, beside the job table) and
-PostgreSQL (``RAGTUNE_DATABASE_URL``; the table comes with schema migration 3). Their SQL
+PostgreSQL (``RAGTUNE_DATABASE_URL``; the table comes with schema migration 4). Their SQL
 is the same apart from the placeholder, the clock expression and, in PostgreSQL,
 ``FOR UPDATE SKIP LOCKED`` on the claim, so two claimers never take the same task. Leases
 are measured on the database's clock. Every read and change of a tenant's task matches its

@@ -50,7 +50,7 @@ class Worker:
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ingester = Ingester(settings, VectorStoreDB(settings.database), objects)
-        self.tasks = TaskRunner(settings, db, objects, self.id)
+        self.tasks = TaskRunner(settings, db, objects, self.ingester.db, self.id)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""

@@ -103,7 +103,7 @@ def _check_questions(service: Service, record: FileRecord, body: ComparisonCreat
 
 
 def check_documents(
-    service: Service, project: str, docs: Documents
+    request: Request, service: Service, project: str, docs: Documents
 ) -> tuple[tuple[str, ...], str | None]:
     """The documents' file ids and vector store id, each checked to be the project's."""
     if (docs.file_ids is None) == (docs.vector_store_id is None):
@@ -116,9 +116,9 @@ def check_documents(
     for i, file_id in enumerate(docs.file_ids or []):
         _file(service, project, file_id, f"documents.file_ids[{i}]", ("assistants", "user_data"))
     if docs.vector_store_id is not None:
-        from ragtune.jobs.vector_stores import VectorStoreDB
+        from ragtune.serve.routes.vector_stores import vector_store_db
 
-        vs = VectorStoreDB(service.settings.database)
+        vs = vector_store_db(request)
         if vs.get_store(project, docs.vector_store_id) is None:
             raise not_found("vector store", docs.vector_store_id, "documents.vector_store_id")
         if not vs.store_files(project, docs.vector_store_id):
@@ -131,7 +131,9 @@ def check_documents(
     return tuple(docs.file_ids or ()), docs.vector_store_id
 
 
-def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> ComparisonSpec:
+def _resolve(
+    request: Request, service: Service, project: str, body: ComparisonCreateParams
+) -> ComparisonSpec:
     """Check every parameter against the project's objects; the resolved spec."""
     from ragtune.evaluate.formats import parse_format_spec
 
@@ -158,7 +160,7 @@ def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> Co
     squad = questions.filename.lower().endswith(".json")
 
     docs = body.documents
-    files, store_id = check_documents(service, project, docs) if docs else ((), None)
+    files, store_id = check_documents(request, service, project, docs) if docs else ((), None)
     training = body.training
     if docs is None and not squad and (rag or (ft and training.type == "generated")):
         raise APIError(
@@ -279,7 +281,7 @@ def _resolve(service: Service, project: str, body: ComparisonCreateParams) -> Co
 def create_comparison(
     body: ComparisonCreateParams, request: Request, service: ServiceDep, project: ProjectDep
 ) -> dict[str, Any]:
-    spec = _resolve(service, project, body)
+    spec = _resolve(request, service, project, body)
     return comparison_object(queue_task(request, service, project, "comparison", spec.to_dict()))
 
 

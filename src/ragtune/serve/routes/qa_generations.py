@@ -45,7 +45,7 @@ def generation_object(task: TaskRecord) -> dict[str, Any]:
 def create_generation(
     body: QAGenerationCreateParams, request: Request, service: ServiceDep, project: ProjectDep
 ) -> dict[str, Any]:
-    files, store_id = check_documents(service, project, body.documents)
+    files, store_id = check_documents(request, service, project, body.documents)
     spec = MakeQASpec(
         vector_store_id=store_id,
         document_files=files,
