@@ -6,6 +6,7 @@ previous one made (the store, the fine-tuned model)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,40 @@ def test_bad_training_file_shows_line_errors(server: Server, browser: Any, tmp_p
     assert "bad.jsonl was rejected" in css(browser, "#train-upload").text
 
 
+def test_generate_training_data_from_a_store_shows_its_coverage(
+    server: Server, browser: Any
+) -> None:
+    use_key(browser, server, KEY_A, "training")
+    assert "handbook" in css(browser, "#gen-store").text
+    css(browser, "#gen-max").clear()
+    css(browser, "#gen-max").send_keys("2")
+    css(browser, "#gen-para").clear()
+    css(browser, "#gen-para").send_keys("0")
+    css(browser, "#gen-form button[type=submit]").click()
+
+    def ended(d: Any) -> bool:
+        return css(d, "#gen-state").get_attribute("data-status") in ("succeeded", "failed")
+
+    wait(browser, ended, 180, "the generation did not end")
+    terms, values = texts(browser, "#gen-coverage dt"), texts(browser, "#gen-coverage dd")
+    coverage = dict(zip(terms, values, strict=True))
+    assert coverage["Documents covered"].endswith("of 2"), coverage
+    counts = re.match(r"(\d+) of (\d+) generated", coverage["Pairs kept"])
+    assert counts, coverage
+    kept, generated = counts.groups()
+    assert int(generated) > 0
+    if css(browser, "#gen-state").get_attribute("data-status") == "succeeded":
+        # the new training file is listed and selected for a fine-tuning job
+        assert int(kept) > 0
+        assert "make-qa.jsonl" in css(browser, "#job-training-file option:checked").text
+    else:
+        # the tiny random test model writes no checkable pair: every drop has its reason
+        assert int(kept) == 0 and "make-qa kept no pairs" in css(browser, "#gen-state").text
+        reasons = coverage["Dropped"]
+        assert re.fullmatch(r"(\w[\w ]*: \d+)(, \w[\w ]*: \d+)*", reasons), reasons
+    screenshot(browser, "training-generate")
+
+
 def test_fine_tuning_job_reaches_succeeded_with_loss_curve(
     server: Server, browser: Any, tmp_path: Path
 ) -> None:
@@ -233,6 +268,62 @@ def test_playground_four_columns_with_a_citation(server: Server, browser: Any) -
     close_dialog(browser)
 
 
+QUESTIONS = [
+    {"id": "q1", "question": "What is the capital of Zorbland?", "answers": ["Vetrin"],
+     "doc_id": "zorbland.txt", "split": "test"},
+    {"id": "q2", "question": "Why is the sea blue?", "answers": ["water absorbs red light"],
+     "doc_id": "ocean.txt", "split": "test"},
+]  # fmt: skip
+
+
+def test_compare_runs_a_comparison_and_opens_its_report(
+    server: Server, browser: Any, tmp_path: Path
+) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    use_key(browser, server, KEY_A, "compare")
+    assert "handbook" in css(browser, "#cmp-store").text  # the store made above
+    css(browser, "#cmp-questions-upload").send_keys(str(questions))
+    wait(browser, lambda d: "uploaded as" in css(d, "#cmp-state").text, 30, "no questions file")
+    assert "questions.jsonl" in css(browser, "#cmp-questions").text
+    # the smallest comparison: the two arms without training, two questions, short answers
+    for arm in ("ft", "ft_rag"):
+        css(browser, f"input[name=cmp_arm][value={arm}]").click()
+    css(browser, "#cmp-max-questions").send_keys("2")
+    css(browser, "#cmp-max-tokens").clear()
+    css(browser, "#cmp-max-tokens").send_keys("4")
+    css(browser, "#cmp-form button[type=submit]").click()
+    wait(browser, lambda d: not css(d, "#cmp-detail").get_attribute("hidden"), 20, "no detail")
+    stages = set()
+
+    def finished(d: Any) -> bool:
+        stages.add(css(d, "#cd-stage").text.split(" — ")[0])
+        return css(d, "#cd-status").text in ("succeeded", "failed", "cancelled")
+
+    wait(browser, finished, 300, "the comparison did not finish")
+    assert css(browser, "#cd-status").text == "succeeded", css(browser, "#cd-error").text
+    assert stages & {"preparing", "building the knowledge base", "answering: base"}, stages
+    assert css(browser, "#cd-progress").get_attribute("value") == "1"
+    assert "answered best" in css(browser, "#cd-verdict").text
+    wait(browser, lambda d: not css(d, "#cd-report").get_attribute("hidden"), 30, "no report")
+    cid = css(browser, "#cd-id").text
+    assert texts(browser, f"#comparisons tr[data-comparison-id='{cid}']")
+    # the report, inside the app, styled by its own CSS under the app's policy
+    browser.switch_to.frame(css(browser, "#cd-report"))
+    try:
+        wait(browser, lambda d: all_css(d, "h1"), 20, "the report did not load")
+        assert css(browser, "h1").text == "ragtune: base vs RAG vs fine-tuned"
+        size = browser.execute_script(
+            "return getComputedStyle(document.querySelector('h1')).fontSize"
+        )
+        assert size == "26px"
+        assert "Verdict" in texts(browser, "h2")
+    finally:
+        browser.switch_to.default_content()
+    browser.execute_script("window.scrollTo(0, 0)")
+    screenshot(browser, "compare")
+
+
 def test_phone_width(server: Server, browser: Any) -> None:
     browser.set_window_size(390, 844)
     try:
@@ -241,6 +332,13 @@ def test_phone_width(server: Server, browser: Any) -> None:
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390  # nothing forces sideways scrolling
         screenshot(browser, "knowledge-phone")
+        use_key(browser, server, KEY_A, "compare")
+        wide = browser.execute_script(
+            "return [...document.querySelectorAll('#page-compare *')]"
+            ".filter(e => e.getBoundingClientRect().right > 390).map(e => e.tagName + '#' + e.id)"
+        )
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390, wide
+        screenshot(browser, "compare-phone")
     finally:
         browser.set_window_size(1280, 1000)
 
@@ -254,9 +352,13 @@ def test_second_key_sees_none_of_the_first_keys_objects(server: Server, browser:
     use_key(browser, server, KEY_B, "training")
     assert all_css(browser, "#jobs tr") == []
     assert all_css(browser, "#job-training-file option") == []
+    assert all_css(browser, "#gen-store option") == []
     use_key(browser, server, KEY_B, "playground")
     options = [o.get_attribute("value") for o in all_css(browser, "#play-model-ft option")]
     assert options and not any(o.startswith("ft:") for o in options)
     assert all_css(browser, "#play-store option") == []
+    use_key(browser, server, KEY_B, "compare")
+    assert all_css(browser, "#comparisons tr") == []
+    assert all_css(browser, "#cmp-store option") == [] == all_css(browser, "#cmp-questions option")
     # and the first key still has them
     assert server.api("GET", "/vector_stores", KEY_A)["data"]

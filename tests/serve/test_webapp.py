@@ -13,8 +13,12 @@ def test_index_and_assets_are_served_without_a_key(served: Served) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script type="module" src="/static/js/main.js">' in page.text
-    for asset in ("app.css", "js/main.js", "js/api.js", "js/playground.js"):
+    for asset in ("app.css", "js/main.js", "js/api.js", "js/playground.js", "js/compare.js"):
         assert served.client.get(f"/static/{asset}").status_code == 200, asset
+    # The comparison report's CSS, for the report shown in a frame under this page's policy.
+    css = served.client.get("/static/report.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert "frame-src blob:" in page.headers["content-security-policy"]
     assert served.client.get("/static/../webapp.py").status_code == 404
 
 

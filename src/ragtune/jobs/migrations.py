@@ -125,6 +125,22 @@ CREATE TABLE api_keys (
 );
 """,
     ),
+    Migration(
+        4,
+        "tasks: comparisons and training-data generation (ragtune.jobs.tasks)",
+        """
+CREATE TABLE tasks (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL, project TEXT NOT NULL, kind TEXT NOT NULL,
+    created_at BIGINT NOT NULL, spec JSONB NOT NULL, status TEXT NOT NULL,
+    progress JSONB, error JSONB, result JSONB, finished_at BIGINT,
+    attempt TEXT, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION, cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX tasks_project ON tasks (project, kind, seq);
+CREATE INDEX tasks_waiting ON tasks (seq) WHERE status IN ('queued', 'running');
+""",
+    ),
 )
 
 

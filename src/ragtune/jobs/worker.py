@@ -7,6 +7,10 @@ lease runs out another worker claims the job and resumes the run from its last c
 (``train(resume=True)``). The training loop polls :meth:`JobTable.should_stop` after every
 optimizer step, so a cancellation, or the loss of the lease, stops it within one step.
 Only the holder of the current attempt token can write the final status (exactly once).
+
+When no fine-tuning job waits, the worker ingests vector store files, then runs the task
+table's tasks — comparisons and make-qa generations (:mod:`ragtune.jobs.task_worker`) — with
+the same lease and attempt-token contract.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
 from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
+from ragtune.jobs.task_worker import TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class Worker:
         self.objects = objects
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ingester = Ingester(settings, open_vector_stores(settings), objects)
+        self.tasks = TaskRunner(settings, db, objects, self.ingester.db, self.id)
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
@@ -55,8 +61,8 @@ class Worker:
     def run_one(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Claim one job and take it one stage further; False when there was nothing to do."""
         claim = self.db.claim(self.id, self.settings.lease_s)
-        if claim is None:
-            return self.ingester.run_one()  # vector store files, when no job waits
+        if claim is None:  # vector store files, then comparisons and other tasks
+            return self.ingester.run_one() or self.tasks.run_one(stop)
         job = claim.job
         try:
             if job.cancel_requested:

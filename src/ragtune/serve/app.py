@@ -16,11 +16,13 @@ from ragtune.serve import errors
 from ragtune.serve.engine import Engine
 from ragtune.serve.routes import (
     chat,
+    comparisons,
     completions,
     embeddings,
     files,
     fine_tuning,
     models,
+    qa_generations,
     responses,
     vector_stores,
     weight_diff,
@@ -69,6 +71,8 @@ def create_app(
         embeddings,
         vector_stores,
         responses,
+        comparisons,
+        qa_generations,
     ):
         app.include_router(module.router, prefix="/v1", dependencies=auth)
     mount_web(app)

@@ -4,8 +4,9 @@ import { $ } from "./dom.js";
 import * as knowledge from "./knowledge.js";
 import * as training from "./training.js";
 import * as playground from "./playground.js";
+import * as compare from "./compare.js";
 
-const pages = { knowledge, training, playground };
+const pages = { knowledge, training, playground, compare };
 let current = null;
 
 async function checkKey() {

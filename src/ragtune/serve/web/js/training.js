@@ -7,6 +7,8 @@ const DONE = new Set(["succeeded", "failed", "cancelled"]);
 let watching = null; // job id shown in the detail card
 let timer = null;
 let diffShown = null; // job id whose diff is on the page
+let generating = null; // make-qa generation followed on the page
+let genTimer = null;
 
 // The API reports validation problems as one message: "...: line 3: [...] ...; line 7: ...".
 export function problems(message) {
@@ -20,6 +22,49 @@ async function loadFiles(select) {
   const files = (await listAll("/files")).filter((f) => f.purpose === "fine-tune");
   fillSelect($("#job-training-file"), files.map((f) => [f.id, `${f.filename} (${f.id})`]));
   if (select) $("#job-training-file").value = select;
+}
+
+async function loadStores() {
+  const stores = await listAll("/vector_stores");
+  fillSelect($("#gen-store"), stores.map((s) => [s.id, `${s.name} (${s.file_counts.completed} files)`]));
+}
+
+// make-qa's coverage: what was kept, what was dropped and why, what the pairs cover.
+function showCoverage(c) {
+  const rows = c ? [
+    ["Pairs kept", `${c.pairs_kept} of ${c.pairs_generated} generated`],
+    ["Dropped", Object.entries(c.dropped_by_reason).filter(([, n]) => n)
+      .map(([why, n]) => `${why.replace("_", " ")}: ${n}`).join(", ") || "none"],
+    ["Examples", `${c.examples} (with ${c.paraphrases} paraphrases)`],
+    ["Documents covered", `${c.documents_covered} of ${c.documents}`],
+    ["Passages covered", `${c.passages_covered} of ${c.passages}`],
+  ] : [];
+  $("#gen-coverage").replaceChildren(...rows.flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", { text: v })]));
+}
+
+async function followGeneration() {
+  const id = generating;
+  if (!id) return;
+  const g = await get(`/qa_generations/${id}`);
+  if (id !== generating) return;
+  const state = $("#gen-state");
+  const bar = $("#gen-progress");
+  bar.hidden = DONE.has(g.status);
+  if (g.progress) bar.value = g.progress.fraction;
+  state.replaceChildren(statusBadge(g.status),
+    ` ${g.progress ? `${g.progress.stage} ${g.progress.message || ""}` : ""}`);
+  state.dataset.status = g.status;
+  showCoverage(g.coverage);
+  clearTimeout(genTimer);
+  if (!DONE.has(g.status)) {
+    genTimer = setTimeout(() => followGeneration().catch(() => {}), 1000);
+  } else if (g.status === "succeeded") {
+    state.append(` Training file ${g.training_file} is ready and selected below.`);
+    await loadFiles(g.training_file);
+  } else if (g.error) {
+    state.append(` ${g.error.message}`);
+  }
 }
 
 async function loadModels() {
@@ -138,6 +183,20 @@ export function init() {
       await watch(job.id);
     } catch (err) { state.textContent = err.message; }
   });
+  $("#gen-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const state = $("#gen-state");
+    showCoverage(null);
+    try {
+      const g = await post("/qa_generations", {
+        documents: { vector_store_id: $("#gen-store").value },
+        max_pairs: parseInt($("#gen-max").value, 10),
+        paraphrases: parseInt($("#gen-para").value, 10),
+      });
+      generating = g.id;
+      await followGeneration();
+    } catch (err) { state.textContent = err.param ? `${err.param}: ${err.message}` : err.message; }
+  });
   $("#jd-cancel").addEventListener("click", async () => {
     if (!watching) return;
     await post(`/fine_tuning/jobs/${watching}/cancel`);
@@ -146,8 +205,9 @@ export function init() {
 }
 
 export async function enter() {
-  await Promise.all([loadFiles(), loadModels(), loadJobs()]);
+  await Promise.all([loadFiles(), loadModels(), loadJobs(), loadStores()]);
+  if (generating) await followGeneration().catch(() => { generating = null; });
   if (watching) await refresh().catch(() => { watching = null; $("#job-detail").hidden = true; });
 }
 
-export function leave() { clearTimeout(timer); }
+export function leave() { clearTimeout(timer); clearTimeout(genTimer); }
