@@ -36,6 +36,7 @@ from ragtune.evaluate.prepare import (
     build_kb,
     demonstrations,
     fine_tune,
+    finished_run,
     kb_name_for,
     map_gold_docs,
     prepare_documents,
@@ -129,9 +130,12 @@ def run_compare(
             write_json_atomic(state / "test.json", [q.to_dict() for q in test])
         else:
             test = [Question(**q) for q in mapped]
-    run_dir = out / RUN_DIR
+    run_dir = inputs.ft_run or out / RUN_DIR
     tuned = None
-    if ft_arms:
+    if ft_arms and inputs.ft_run is not None:
+        say(f"fine-tuned arms: the finished run {inputs.ft_run}")
+        tuned = finished_run(inputs.ft_run)
+    elif ft_arms:
         say(f"fine-tuning ({settings.method})")
         tuned = fine_tune(train_file, run_dir, settings, settings.model, state, "ft")
 

@@ -249,6 +249,17 @@ def fine_tune(
     return done
 
 
+def finished_run(run_dir: Path) -> dict[str, Any]:
+    """The cost of a run made before the comparison (``--ft-run``): its own training time,
+    from its manifest, and the size of what a user keeps."""
+    manifest = read_json(run_dir / "manifest.json") or {}
+    adapter = run_dir / "adapter"
+    return {
+        "prep_s": float(manifest.get("result", {}).get("wall_time_s", 0.0)),
+        "mb": folder_mb(adapter if adapter.exists() else run_dir / "merged"),
+    }
+
+
 def match_doc_id(gold: str, kb_ids: set[str]) -> str | None:
     """The knowledge base's id for a question's gold document id: the same id, or the one
     that ends with ``/<gold>``, or whose file name without extension is ``gold``."""

@@ -85,6 +85,9 @@ class CompareInputs:
     train: Path | None = None
     qrels: Path | None = None
     fmt: FormatSpec | None = field(default=None)
+    # A finished ``ragtune tune`` run used for the fine-tuned arms instead of training one
+    # (``train`` must then be the data it was trained on: demonstrations, leak check).
+    ft_run: Path | None = None
 
     @property
     def squad(self) -> bool:
@@ -97,6 +100,7 @@ class CompareInputs:
             "train": str(self.train.resolve()) if self.train else None,
             "qrels": str(self.qrels.resolve()) if self.qrels else None,
             "format": self.fmt.to_dict() if self.fmt else None,
+            "ft_run": str(self.ft_run.resolve()) if self.ft_run else None,
         }
 
     def hashes(self) -> dict[str, str | None]:
@@ -106,6 +110,8 @@ class CompareInputs:
         out["qrels"] = file_sha256(self.qrels) if self.qrels else None
         for d in self.docs:
             out[f"docs:{d}"] = file_sha256(d)
+        if self.ft_run is not None:
+            out["ft_run"] = file_sha256(self.ft_run / "manifest.json")
         return out
 
 
@@ -170,3 +176,45 @@ def validate(settings: CompareSettings, inputs: CompareInputs) -> None:
         from ragtune.models import resolve_lm
 
         resolve_lm(s.model)  # a clear error for a missing or non-model folder
+    if inputs.ft_run is not None:
+        check_ft_run(inputs.ft_run, s, inputs.train)
+
+
+def check_ft_run(run: Path, settings: CompareSettings, train: Path | None) -> None:
+    """Refuse a run that cannot stand for the fine-tuned arms of this comparison: not a
+    finished ``ragtune tune`` run, another method, another base model than the base arms
+    use, or trained on other data than ``--train`` (the demonstrations and the leak check
+    read ``--train``, so it must be what the model learnt)."""
+    from ragtune.models import model_fingerprint, resolve_lm
+    from ragtune.tune.events import read_manifest
+
+    manifest = read_manifest(run) if run.is_dir() else None
+    if manifest is None:
+        raise RagtuneError(f"{run} is not a run folder from ragtune tune", "check --ft-run")
+    if manifest.get("status") != "succeeded":
+        raise RagtuneError(
+            f"The run in {run} is {manifest.get('status')}, not finished",
+            f"finish it first (ragtune tune ... --out {run} --resume)",
+        )
+    if manifest.get("method") != settings.method:
+        raise RagtuneError(
+            f"{run} is a {manifest.get('method')} run, the comparison says {settings.method}",
+            f"pass --method {manifest.get('method')}",
+        )
+    base = manifest.get("base_model", {}).get("fingerprint")
+    if base != model_fingerprint(resolve_lm(settings.model)):
+        raise RagtuneError(
+            f"{run} was trained from another base model than --model {settings.model}",
+            "compare against the run's own base model (--model)",
+        )
+    if train is None:
+        raise RagtuneError(
+            "--ft-run needs --train: the data the run was trained on",
+            "pass the run's training file with --train",
+        )
+    trained_on = manifest.get("data", {}).get("train", {}).get("sha256")
+    if trained_on != file_sha256(train):
+        raise RagtuneError(
+            f"{run} was not trained on {train} (the contents differ)",
+            "pass the run's own training file with --train",
+        )
