@@ -241,7 +241,7 @@ def _wh(span: Span, fronted: bool, alt: bool) -> str:
     if span.kind == "year":
         return ("In which year" if alt else "What year") if fronted else "in what year"
     if span.kind == "date":
-        return "On what date" if alt else "When"
+        return ("On what date" if alt else "When") if fronted else "when"
     if span.kind == "quantity":
         return f"what number of {span.noun}" if alt else f"how many {span.noun}"
     if span.kind == "percent":
@@ -332,8 +332,22 @@ def questions_for(clause: str, span: Span) -> list[str]:
 
 
 def copular_pairs(clause: str) -> list[tuple[str, list[str]]]:
-    """``(answer, questions)`` from "X is a/an ... of Y." (what X is ... of) and from
-    "X is a/an Y." (what X is)."""
+    """``(answer, questions)`` from "X is a/an ... of Y." (what X is ... of), "X is a/an Y."
+    (what X is) and "X is (the) Name." (what X is)."""
+    named = re.match(
+        r"^([A-Z][^,]*?)\s+(is|was)\s+(?:the\s+)?([A-Z][\w-]+(?: [A-Z][\w-]+)*)\.?$", clause
+    )
+    if named and len(named.group(1).split()) <= 6:  # "Zorbland's river is the Oss."
+        subject, verb, name = named.groups()
+        return [
+            (
+                name,
+                [
+                    _finish(f"What {verb} {_lower_first(subject)}"),
+                    _finish(f"{subject} {verb} what"),
+                ],
+            )
+        ]
     m = re.match(r"^([A-Z][^,]*?)\s+(is|was|are|were)\s+(an?)\s+([a-z][^,.]*?)\.?$", clause)
     if not m:
         return []
