@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from ragtune.cli import main
 from ragtune.evaluate.world import QUESTIONS, make_world
 from ragtune.text import normalize_answer
 from ragtune.tune.makeqa import check_pair, make_qa, make_qa_files, split_passages, split_title
@@ -234,3 +236,22 @@ def test_make_qa_files_adds_the_passages_read_as_raw_text(tmp_path: Path) -> Non
     assert len(records) == report.examples + report.document_examples == 5 + 1
     without, report = make_qa_files([tmp_path], TemplateQAWriter(), train_docs=False)
     assert without == records[:-1] and report.document_examples == 0
+
+
+def test_make_qa_cli_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default method needs no model; --generator-url with the template method (which
+    would ignore it) is refused."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "zorbland.md").write_text(
+        "# Zorbland\n\nIt was founded in 1887 by Mira Quell.\n", encoding="utf-8"
+    )
+    out = tmp_path / "train.jsonl"
+    assert main(["make-qa", str(tmp_path / "docs"), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["method"], report["kept"], report["document_examples"]) == ("template", 2, 1)
+    assert len(out.read_text().splitlines()) == report["examples"] + 1
+    args = ["make-qa", str(tmp_path / "docs"), "--out", str(tmp_path / "x.jsonl"),
+            "--method", "template", "--generator-url", "http://127.0.0.1:9/v1"]  # fmt: skip
+    assert main(args) == 2
+    assert "--generator-url is not used by --method template" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
