@@ -307,13 +307,12 @@ def questions_for(clause: str, span: Span) -> list[str]:
         )
         if span.kind != "name" or not verb_like:
             return []
-        alt = _finish(f"{before}{_wh(span, False, True)}{after}")
-        return list(dict.fromkeys([in_place, alt]))
+        second = _finish(f"{before}{_wh(span, False, True)}{after}")
+        return list(dict.fromkeys([in_place, second]))
     aux = re.match(rf"^(.+?)\s+({AUX})\s+(.*)$", clause[body_start : span.start])
     verb = re.match(r"^(.+?)\s+([a-z]+s)\s+(.*)$", clause[body_start : span.start])
-    fronted_ok = not span.prep or span.prep == "by" or span.prep in PLACE_PREPOSITIONS
-    if span.kind in ("year", "date", "quantity", "percent"):
-        fronted_ok = True
+    # A name after another preposition ("the signing of X") is only asked in place.
+    fronted_ok = span.kind != "name" or span.prep in ("", "by", *PLACE_PREPOSITIONS)
     simple = aux is not None and not re.search(r"[,()\d]", aux.group(1))
     if not fronted_ok:
         pass
