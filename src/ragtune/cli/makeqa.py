@@ -54,12 +54,13 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
     from ragtune.tune.makeqa import LocalQAWriter, QAWriter, make_qa_files
     from ragtune.tune.qa_endpoint import EndpointQAWriter
     from ragtune.tune.qa_writers import qa_writer
+    from ragtune.tune.templateqa import QAMethod
 
     if args.paraphrases < 0:
         raise RagtuneError("--paraphrases must be 0 or more")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise RagtuneError("--max-pairs must be positive")
-    method = args.method or ("model" if args.generator_url else "template")
+    method: QAMethod = args.method or ("model" if args.generator_url else "template")
     if args.generator_url and method == "template":
         raise RagtuneError(
             "--generator-url is not used by --method template", "use --method model or both"
