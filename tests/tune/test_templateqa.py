@@ -10,7 +10,14 @@ import pytest
 from ragtune.cli import main
 from ragtune.evaluate.world import QUESTIONS, make_world
 from ragtune.text import normalize_answer
-from ragtune.tune.makeqa import check_pair, make_qa, make_qa_files, split_passages, split_title
+from ragtune.tune.makeqa import (
+    check_pair,
+    make_qa,
+    make_qa_files,
+    passage_order,
+    split_passages,
+    split_title,
+)
 from ragtune.tune.qa_writers import CombinedQAWriter, TemplateQAWriter, qa_writer
 from ragtune.tune.templateqa import (
     find_spans,
@@ -255,3 +262,16 @@ def test_make_qa_cli_methods(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(args) == 2
     assert "--generator-url is not used by --method template" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_passages_without_prose_are_not_read() -> None:
+    """A COVID-QA article opens with its title, link and identifiers: not a passage."""
+    header = (
+        "A study of things https://www.ncbi.nlm.nih.gov/pmc/articles/PMC1/ SHA: 0a1b2c3d "
+        "Authors: Ann Author, Bo Writer, Cy Scribe, Di Penman Date: 2020-01-02 "
+        "DOI: 10.1000/xyz License: cc-by"
+    )
+    doc = ("A study", f"{header}\n\nThe outbreak was first reported in Wuhan in December 2019.")
+    assert passage_order([doc]) == [
+        (0, "About A study: The outbreak was first reported in Wuhan in December 2019.")
+    ]

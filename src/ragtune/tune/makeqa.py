@@ -389,8 +389,15 @@ def passage_order(
     documents: Sequence[tuple[str, str]], max_pairs: int | None = None
 ) -> list[tuple[int, str]]:
     """``(document index, passage)`` in the order make-qa reads them: round-robin over the
-    documents, so a ``max_pairs`` budget (two passages per pair) covers all of them."""
-    per_doc = [split_passages(text, title) for title, text in documents]
+    documents, so a ``max_pairs`` budget (two passages per pair) covers all of them.
+    Passages without a sentence of prose (a title line with its link, identifiers and
+    licence: the first passage of every COVID-QA article) are not read."""
+    from ragtune.tune.templateqa import split_sentences
+
+    per_doc = [
+        [p for p in split_passages(text, title) if split_sentences(split_title(p)[1])]
+        for title, text in documents
+    ]
     rows = [[(d, p) for p in passages] for d, passages in enumerate(per_doc)]
     order = [x for row in zip_longest(*rows) for x in row if x is not None]
     if max_pairs is not None:

@@ -114,7 +114,10 @@ NOT_SUBJECTS = frozenset(
         "ten",
     ]
 )
-COUNTED = r"[a-z]+s|people|children|men|women|staff"
+# Plural nouns that can be counted ("420 people"), not verbs ending in s ("2019 was").
+COUNTED = (
+    r"(?!(?:was|has|is|does|this|thus|its|as|us|his)\b)[a-z]+s|people|children|men|women|staff"
+)
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 
 
@@ -313,7 +316,9 @@ def questions_for(clause: str, span: Span) -> list[str]:
     verb = re.match(r"^(.+?)\s+([a-z]+s)\s+(.*)$", clause[body_start : span.start])
     # A name after another preposition ("the signing of X") is only asked in place.
     fronted_ok = span.kind != "name" or span.prep in ("", "by", *PLACE_PREPOSITIONS)
+    # Not "the aim was to study ...": an auxiliary before "to" is no statement to invert.
     simple = aux is not None and not re.search(r"[,()\d]", aux.group(1))
+    simple = simple and aux is not None and not aux.group(3).startswith("to ")
     if not fronted_ok:
         pass
     elif aux and simple and len(aux.group(1).split()) <= 8:
