@@ -2,10 +2,13 @@
 
 Ovadia et al. 2023 ("Fine-Tuning or Retrieval?") found that fine-tuning only absorbs a
 fact when it sees the fact in several phrasings, so every kept question comes with
-paraphrases. Pairs come from a pluggable writer — the local base model prompted
-few-shot (default), or any OpenAI-compatible chat endpoint — and every answer is checked
-against the passage it came from: an answer whose words are not all in the passage is
-dropped and counted, as are malformed or trivial pairs (the answer inside the question).
+paraphrases. Pairs come from a pluggable writer — rules over sentences
+(:mod:`ragtune.tune.templateqa`, the default), the local base model prompted few-shot
+(:class:`LocalQAWriter`), any OpenAI-compatible chat endpoint
+(:mod:`ragtune.tune.qa_endpoint`), or several (:mod:`ragtune.tune.qa_writers`) — and
+every answer is checked against the passage it came from: an answer whose words are not
+all in the passage is dropped and counted, as are malformed or trivial pairs (the answer
+inside the question).
 """
 
 from __future__ import annotations

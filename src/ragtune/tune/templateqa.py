@@ -25,7 +25,7 @@ from typing import Literal
 
 QAMethod = Literal["model", "template", "both"]
 QA_METHODS: tuple[QAMethod, ...] = ("model", "template", "both")
-Kind = Literal["year", "date", "quantity", "percent", "name", "object", "definition"]
+Kind = Literal["year", "date", "quantity", "percent", "name"]
 
 AUX = r"is|are|was|were|has|have|had|will|can|could|may|might|would|should|must"
 PREPOSITIONS = frozenset({"in", "at", "near", "from", "by", "for", "to", "with", "on", "of"})
