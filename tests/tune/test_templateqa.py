@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ragtune.cli import main
+from ragtune.evaluate.questions import Question, leaking_examples
 from ragtune.evaluate.world import QUESTIONS, make_world
 from ragtune.text import normalize_answer
 from ragtune.tune.makeqa import (
@@ -25,6 +26,7 @@ from ragtune.tune.templateqa import (
     split_sentences,
     template_questions,
 )
+from ragtune.types import Example, Message
 
 
 def test_a_year_and_a_founder_each_in_several_phrasings() -> None:
@@ -54,7 +56,7 @@ def test_a_quantity_with_do_support_and_the_adverb_moved() -> None:
             [
                 "How many people does Zorbland employ today?",
                 "What number of people does Zorbland employ today?",
-                "Today Zorbland employs how many people?",
+                "Today Zorbland employs what number of people?",
             ],
         )
     ]
@@ -79,8 +81,8 @@ def test_a_relative_clause_becomes_two_statements() -> None:
         (
             "Tarn",
             [
-                "Where was Mira Quell born in 1950?",
                 "In what place was Mira Quell born in 1950?",
+                "In which place was Mira Quell born in 1950?",
                 "Mira Quell was born in 1950 in what place?",
             ],
         ),
@@ -101,8 +103,8 @@ def test_names_with_their_kind_and_objects_of_a_description() -> None:
         (
             "Oss",
             [
-                "Which river flows through Zorbland's old harbour?",
                 "What river flows through Zorbland's old harbour?",
+                "What is the river that flows through Zorbland's old harbour?",
             ],
         )
     ]
@@ -114,7 +116,7 @@ def test_names_with_their_kind_and_objects_of_a_description() -> None:
             [
                 "Which festival does Zorbland host every summer?",
                 "What festival does Zorbland host every summer?",
-                "Every summer Zorbland hosts which festival?",
+                "Every summer Zorbland hosts what festival?",
             ],
         )
     ]
@@ -125,8 +127,8 @@ def test_places_dates_and_percentages() -> None:
         (
             "Wuhan",
             [
-                "Where was the outbreak first reported in December 2019?",
                 "In what place was the outbreak first reported in December 2019?",
+                "In which place was the outbreak first reported in December 2019?",
                 "The outbreak was first reported in what place in December 2019?",
             ],
         ),
@@ -183,7 +185,7 @@ def test_template_pairs_pass_make_qas_checks_with_their_phrasings() -> None:
             "420",
             [
                 "What number of people does Zorbland employ today?",
-                "Today Zorbland employs how many people?",
+                "Today Zorbland employs what number of people?",
             ],
         ),
     ]
@@ -196,22 +198,26 @@ def test_template_pairs_pass_make_qas_checks_with_their_phrasings() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_no_question_of_the_demo_worlds_templates_and_every_fact_asked(seed: int) -> None:
-    """The demo world's question templates (held-out test ones included) are never
-    written by the rules, so the world's unseen-template questions stay unseen; and every
-    fact of the world has a question (these sentences are what the rules were written on,
-    so this is the rules' best case, not a measure of their yield on real text)."""
+    """No generated question holds one of the demo world's question templates (held-out
+    test ones included), by compare's own leak rule (equal, or inside a longer text), so the
+    world's unseen-template questions stay unseen; and every fact of the world has a
+    question (these sentences are what the rules were written on, so this is the rules'
+    best case, not a measure of their yield on real text)."""
     world = make_world(seed=seed)
-    world_questions = {
-        normalize_answer(t.format(e=f.entity)) for f in world.facts for t in QUESTIONS[f.relation]
-    }
+    templates = [
+        Question(f"{f.fact_id}:{i}", t.format(e=f.entity))
+        for f in world.facts
+        for i, t in enumerate(QUESTIONS[f.relation])
+    ]
     passages = [p for d in world.documents for p in split_passages(d.text, d.title)]
-    answers = set()
+    answers, asked = set(), []
     for passage, candidates in zip(passages, TemplateQAWriter().pairs(passages), strict=True):
         for c in candidates:
-            for q in (c.question, *(c.phrasings or ())):
-                assert normalize_answer(q) not in world_questions, q
+            asked += [Example([Message("user", q)]) for q in (c.question, *(c.phrasings or ()))]
             if check_pair(c.question, c.answer, passage) is None:
                 answers.add(normalize_answer(c.answer))
+    leaks = leaking_examples(templates, asked)
+    assert not leaks, [asked[i].messages[0].content for i in sorted(leaks)]
     assert {normalize_answer(f.value) for f in world.facts} <= answers
 
 

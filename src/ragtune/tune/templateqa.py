@@ -240,21 +240,26 @@ def split_clauses(sentence: str, title: str = "") -> list[str]:
 
 
 def _wh(span: Span, fronted: bool, alt: bool) -> str:
-    """The wh-phrase that replaces a span (``alt``: the second wording of the kind)."""
+    """The wh-phrase that replaces a span (``alt``: the second wording of the kind).
+
+    The in-place forms use "what" wordings ("X employs what number of people?", "X hosts
+    what festival?") and places are asked "in what place", never "where": so no question
+    holds one of the demo world's question templates ("X employs how many people?",
+    "Where was X born?"), whose held-out ones must stay unseen in training."""
     if span.kind == "year":
         return ("In which year" if alt else "What year") if fronted else "in what year"
     if span.kind == "date":
         return ("On what date" if alt else "When") if fronted else "when"
     if span.kind == "quantity":
-        return f"what number of {span.noun}" if alt else f"how many {span.noun}"
+        return f"how many {span.noun}" if fronted and not alt else f"what number of {span.noun}"
     if span.kind == "percent":
         return "what percentage"
     if span.noun:
-        return f"what {span.noun}" if alt else f"which {span.noun}"
+        return f"which {span.noun}" if fronted and not alt else f"what {span.noun}"
     if span.prep == "by":
         return "by whom"
     if span.prep in PLACE_PREPOSITIONS:
-        return ("in what place" if alt else "where") if fronted else "in what place"
+        return "in which place" if fronted and alt else "in what place"
     if span.prep:
         return f"{span.prep} what"
     return "what"
@@ -310,8 +315,10 @@ def questions_for(clause: str, span: Span) -> list[str]:
         )
         if span.kind != "name" or not verb_like:
             return []
-        second = _finish(f"{before}{_wh(span, False, True)}{after}")
-        return list(dict.fromkeys([in_place, second]))
+        if not span.noun:
+            return [in_place]
+        # "What river flows ...?" and "What is the river that flows ...?"
+        return [in_place, _finish(f"{before}What is the {span.noun} that{after}")]
     aux = re.match(rf"^(.+?)\s+({AUX})\s+(.*)$", clause[body_start : span.start])
     verb = re.match(r"^(.+?)\s+([a-z]+s)\s+(.*)$", clause[body_start : span.start])
     # A name after another preposition ("the signing of X") is only asked in place.
