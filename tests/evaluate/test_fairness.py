@@ -133,6 +133,7 @@ def test_retention_counts_only_facts_answered_before() -> None:
         ({"arms": ("base", "nope")}, "Unknown arm"),
         ({"chunk_tokens": 10, "chunk_overlap": 10}, "--chunk-overlap must be smaller"),
         ({"dtype": "float8"}, "Unknown dtype"),
+        ({"qa_method": "magic"}, "Unknown make-qa method"),
     ],
 )
 def test_bad_settings_are_rejected(change: dict[str, object], message: str, tmp_path: Path) -> None:
@@ -174,7 +175,9 @@ def test_make_qa_training_data_reports_coverage(
     """Without --train, make-qa runs (in a child process) on the documents; what it kept
     and dropped is saved before anything is trained. The tiny model writes no usable pair,
     so the comparison stops with the reasons, and the coverage says 0 of 4 documents."""
-    settings = CompareSettings(model=str(tiny_lm), arms=("base", "ft"), max_qa_pairs=4)
+    settings = CompareSettings(
+        model=str(tiny_lm), arms=("base", "ft"), max_qa_pairs=4, qa_method="model"
+    )
     questions = world_docs.parent / "questions.jsonl"
     out = tmp_path / "report"
     with pytest.raises(RagtuneError, match="make-qa produced no usable training examples"):
@@ -183,6 +186,26 @@ def test_make_qa_training_data_reports_coverage(
     assert (cov["documents"], cov["documents_covered"], cov["pairs_kept"]) == (4, 0, 0)
     assert cov["pairs_dropped"] == cov["pairs_generated"] == sum(cov["dropped_by_reason"].values())
     assert cov["generate_s"] > 0 and cov["pairs_generated"] > 0
+    assert cov["method"] == "model"
+
+
+def test_template_make_qa_covers_the_documents_and_trains_on_their_text(
+    world_docs: Path, tmp_path: Path, tiny_lm: Path
+) -> None:
+    """The default make-qa method (templates, no model) covers every document of the world;
+    the passages it read are trained on too, and the coverage says so."""
+    settings = CompareSettings(
+        model=str(tiny_lm), arms=("ft",), max_new_tokens=4, device="cpu", epochs=1
+    )
+    questions = world_docs.parent / "questions.jsonl"
+    results = run_compare(settings, CompareInputs(questions, (world_docs,)), tmp_path / "r")
+    cov = results["coverage"]
+    assert (cov["method"], cov["documents"], cov["documents_covered"]) == ("template", 4, 4)
+    assert cov["pairs_kept"] + cov["pairs_dropped"] == cov["pairs_generated"]
+    assert cov["document_examples"] == cov["passages"] > 0
+    train = (tmp_path / "r" / "state" / "train.jsonl").read_text().splitlines()
+    raw = [r for r in map(json.loads, train) if len(r["messages"]) == 1]
+    assert len({r["messages"][0]["content"] for r in raw}) == cov["document_examples"]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import pytest
 
 from ragtune.tune.makeqa import (
     Candidate,
-    EndpointQAWriter,
     answer_spans,
     asks_for,
     check_pair,
@@ -22,6 +21,7 @@ from ragtune.tune.makeqa import (
     split_passages,
     to_examples,
 )
+from ragtune.tune.qa_endpoint import EndpointQAWriter
 
 DOC = (
     "Zorbland",

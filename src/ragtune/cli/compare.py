@@ -90,6 +90,20 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
         help="question/answer pairs make-qa generates when there is no --train",
     )
     p.add_argument(
+        "--qa-method",
+        choices=["template", "model", "both"],
+        default="template",
+        help="how make-qa writes questions when there is no --train: rules over sentences "
+        "(template, the default), the base model (model), or both",
+    )
+    p.add_argument(
+        "--train-docs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when make-qa writes the training data, also train on the passages it read "
+        "(raw text; default on)",
+    )
+    p.add_argument(
         "--demonstrations",
         type=int,
         default=2,
@@ -165,6 +179,8 @@ def _settings(args: argparse.Namespace) -> CompareSettings:
         batch_size=args.gen_batch_size,
         max_questions=args.max_questions,
         max_qa_pairs=args.max_qa_pairs,
+        qa_method=args.qa_method,
+        train_docs=args.train_docs,
         demonstrations=args.demonstrations,
         freshness=args.freshness,
         retention=args.retention,

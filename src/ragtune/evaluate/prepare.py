@@ -125,6 +125,8 @@ def prepare_training(
         seed=settings.seed,
         max_pairs=settings.max_qa_pairs,
         device=settings.device,
+        method=settings.qa_method,
+        train_docs=settings.train_docs,
     )
     result = read_json(state / "make-qa.json") or run_in_child(
         "make-qa", spec, state / "make-qa.json", state / "make-qa.job.json"
@@ -136,6 +138,7 @@ def prepare_training(
     kept = [line for i, line in enumerate(lines) if i not in leaking]
     report = result["report"]
     coverage = {
+        "method": report["method"],
         "documents": report["documents"],
         "documents_covered": report["documents_covered"],
         "passages": report["passages"],
@@ -145,6 +148,7 @@ def prepare_training(
         "pairs_dropped": sum(report["dropped_by_reason"].values()),
         "dropped_by_reason": dict(report["dropped_by_reason"]),
         "examples": len(kept),
+        "document_examples": report["document_examples"],
         "examples_dropped_test_question": len(leaking),
         "generate_s": result["generate_s"],
     }

@@ -19,6 +19,7 @@ from ragtune.config import EmbedBackend
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.formats import FormatSpec
 from ragtune.io import file_sha256
+from ragtune.tune.templateqa import QAMethod
 from ragtune.types import SearchMode
 
 Arm = Literal["base", "rag", "ft", "ft_rag"]
@@ -50,6 +51,8 @@ class CompareSettings:
     batch_size: int = 16
     max_questions: int | None = None
     max_qa_pairs: int = 200  # make-qa, when there is no --train
+    qa_method: QAMethod = "template"  # how make-qa writes questions (see ragtune.tune.qa_writers)
+    train_docs: bool = True  # make-qa adds the passages it read as raw-text examples
     demonstrations: int = 2  # worked examples from the training data in every arm's prompt
     freshness: int = 0
     retention: int = 12  # unchanged facts re-asked after retraining (freshness)
@@ -139,6 +142,8 @@ def validate(settings: CompareSettings, inputs: CompareInputs) -> None:
         raise RagtuneError(f"Unknown method {s.method!r}", "use --method lora or full")
     if s.mode not in get_args(SearchMode):
         raise RagtuneError(f"Unknown search mode {s.mode!r}", "use hybrid, bm25 or dense")
+    if s.qa_method not in get_args(QAMethod):
+        raise RagtuneError(f"Unknown make-qa method {s.qa_method!r}", "use template, model or both")
     if s.dtype not in get_args(DType):
         raise RagtuneError(f"Unknown dtype {s.dtype!r}", "use auto, float32 or bfloat16")
     if s.backend is not None and s.backend not in get_args(EmbedBackend):

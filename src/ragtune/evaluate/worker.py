@@ -66,12 +66,18 @@ class MakeQASpec:
     max_pairs: int
     device: str
     paraphrases: int = 2
+    method: str = "template"  # model, template or both (ragtune.tune.templateqa.QAMethod)
+    train_docs: bool = True  # add the passages read as raw-text examples
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MakeQASpec:
+        from ragtune.tune.templateqa import QA_METHODS
+
         spec = cls(**d)
         if spec.max_pairs < 1 or spec.paraphrases < 0:
             raise ValueError("MakeQASpec.max_pairs must be positive, paraphrases 0 or more")
+        if spec.method not in QA_METHODS:
+            raise ValueError(f"MakeQASpec.method must be one of {QA_METHODS}, got {spec.method!r}")
         return spec
 
 
@@ -95,17 +101,24 @@ def _tune(spec: TuneSpec) -> dict[str, Any]:
 
 
 def _make_qa(spec: MakeQASpec) -> dict[str, Any]:
-    from ragtune.generate.engine import Generator
     from ragtune.tune.makeqa import LocalQAWriter, make_qa_files
+    from ragtune.tune.qa_writers import qa_writer
+
+    def model_writer() -> LocalQAWriter:
+        from ragtune.generate.engine import Generator
+
+        return LocalQAWriter(Generator.load(spec.base, device=spec.device))
 
     t0 = time.perf_counter()
-    writer = LocalQAWriter(Generator.load(spec.base, device=spec.device))
+    writer = qa_writer(spec.method, model_writer)  # type: ignore[arg-type]  # checked
     records, report = make_qa_files(
         [Path(d) for d in spec.docs],
         writer,
         seed=spec.seed,
         paraphrases=spec.paraphrases,
         max_pairs=spec.max_pairs,
+        train_docs=spec.train_docs,
+        method=spec.method,
     )
     out = Path(spec.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,5 +8,8 @@
 * :mod:`ragtune.tune.batching`, :mod:`~ragtune.tune.lora`, :mod:`~ragtune.tune.checkpoint`,
   :mod:`~ragtune.tune.events`, :mod:`~ragtune.tune.distributed` — the building blocks.
 * :mod:`ragtune.tune.diff` — how much each module's weights changed.
+* :mod:`ragtune.tune.makeqa` — documents to checked question/answer examples, with
+  :mod:`~ragtune.tune.templateqa` (rule-based questions), :mod:`~ragtune.tune.qa_writers`
+  and :mod:`~ragtune.tune.qa_endpoint`.
 * :mod:`ragtune.tune.validate` — the ``ragtune validate`` report.
 """

@@ -2,19 +2,19 @@
 
 Ovadia et al. 2023 ("Fine-Tuning or Retrieval?") found that fine-tuning only absorbs a
 fact when it sees the fact in several phrasings, so every kept question comes with
-paraphrases. Pairs come from a pluggable writer — the local base model prompted
-few-shot (default), or any OpenAI-compatible chat endpoint — and every answer is checked
-against the passage it came from: an answer whose words are not all in the passage is
-dropped and counted, as are malformed or trivial pairs (the answer inside the question).
+paraphrases. Pairs come from a pluggable writer — rules over sentences
+(:mod:`ragtune.tune.templateqa`, the default), the local base model prompted few-shot
+(:class:`LocalQAWriter`), any OpenAI-compatible chat endpoint
+(:mod:`ragtune.tune.qa_endpoint`), or several (:mod:`ragtune.tune.qa_writers`) — and
+every answer is checked against the passage it came from: an answer whose words are not
+all in the passage is dropped and counted, as are malformed or trivial pairs (the answer
+inside the question).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -26,6 +26,7 @@ from ragtune.generate.engine import Generator
 from ragtune.text import answer_support, normalize_answer, token_f1
 
 MAX_ANSWER_WORDS = 12
+MAX_QUESTION_WORDS = 25
 
 # Different demonstrations per paraphrase slot give different rewrites with greedy decoding.
 PARAPHRASE_SHOTS = (
@@ -49,11 +50,14 @@ PARAPHRASE_SHOTS = (
 
 @dataclass(frozen=True)
 class Candidate:
-    """A generated pair; ``intended`` is the answer the question was written for, if any."""
+    """A generated pair; ``intended`` is the answer the question was written for, if any.
+    ``phrasings`` are other wordings of the question that came with it (template
+    generation); None means the writer is asked for paraphrases of the kept question."""
 
     question: str
     answer: str
     intended: str | None = None
+    phrasings: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class MakeQAReport:
     fine-tuned arm trained on few of the documents' facts is a verdict on the data, not on
     fine-tuning."""
 
+    method: str = "model"  # which writer made the candidates: model, template or both
     documents: int = 0
     documents_covered: int = 0  # documents with at least one kept pair
     passages: int = 0
@@ -83,7 +88,8 @@ class MakeQAReport:
     dropped_duplicate: int = 0
     dropped_over_budget: int = 0  # past --max-pairs
     paraphrases: int = 0
-    examples: int = 0
+    examples: int = 0  # question/answer examples (each pair and each of its phrasings)
+    document_examples: int = 0  # raw-text passages added for continued pre-training
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -128,13 +134,18 @@ def check_pair(question: str, answer: str, passage: str) -> str | None:
         return "malformed"
     if "__" in q:
         return "malformed"  # the blank of the cloze prompt copied into the question
+    if len(q.split()) > MAX_QUESTION_WORDS or "://" in q or q.count("(") != q.count(")"):
+        return "malformed"  # a sentence with a question mark, or text around a link
+    if "()" in q or ": " in q or re.search(r"\b(?:and|or|the|a|an|between)\?$|\bbetween and\b", q):
+        return "malformed"  # a hole where the answer was taken out
     na = normalize_answer(a)
     if not na or na in normalize_answer(q):
         return "malformed"  # empty after normalisation, or answered by the question itself
     if answer_support(a, passage) < 1.0:
         return "unsupported"  # some answer word is not in the source passage
     passage_names = names(passage)
-    if passage_names and not passage_names & set(normalize_answer(q).split()):
+    asked = set(normalize_answer(re.sub(r"'s\b", "", q)).split())  # "Zor's" names Zor
+    if passage_names and not passage_names & asked:
         return "malformed"  # a context-free question ("What does the company make?")
     return None
 
@@ -252,7 +263,7 @@ class LocalQAWriter:
     def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
         jobs = []  # (passage index, sentence, span)
         for i, passage in enumerate(passages):
-            title, body = _split_title(passage)
+            title, body = split_title(passage)
             for sentence in re.split(r"(?<=[.!?])\s+", body):
                 sentence = resolve_pronoun(sentence.strip(), title)
                 jobs += [(i, sentence, span) for span in answer_spans(sentence, title)]
@@ -293,95 +304,11 @@ class LocalQAWriter:
         return out
 
 
-def _split_title(passage: str) -> tuple[str, str]:
+def split_title(passage: str) -> tuple[str, str]:
     if passage.startswith("About ") and ": " in passage:
         title, body = passage[len("About ") :].split(": ", 1)
         return title, body
     return "", passage
-
-
-# --- an OpenAI-compatible endpoint ---------------------------------------------------------
-
-
-@dataclass
-class EndpointQAWriter:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint (including ragtune's own)."""
-
-    url: str
-    model: str
-    api_key: str = ""
-    timeout: float = 120.0
-
-    def _chat(self, content: str) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": content}],
-                "temperature": 0,
-            }
-        ).encode()
-        request = urllib.request.Request(
-            self.url.rstrip("/") + "/chat/completions",
-            data=body,
-            headers={"Content-Type": "application/json"}
-            | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-        except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as e:
-            raise RagtuneError(
-                f"The generator endpoint {self.url} failed: {e}",
-                "check --generator-url (it should end in /v1) and --generator-model",
-            ) from None
-        try:
-            return str(data["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError):
-            raise RagtuneError(f"Unexpected reply from {self.url}: {str(data)[:200]}") from None
-
-    def pairs(self, passages: Sequence[str]) -> list[list[Candidate]]:
-        out: list[list[Candidate]] = []
-        for p in passages:
-            reply = self._chat(
-                "Write up to three questions that the passage below answers, each naming "
-                "what it is about, with answers copied word for word from the passage. Reply "
-                'with only a JSON list like [{"question": "...", "answer": "..."}]\n\n'
-                f"Passage: {p}"
-            )
-            items = _json_in(reply, list) or []
-            out.append(
-                [
-                    Candidate(str(x["question"]), str(x["answer"]))
-                    for x in items
-                    if isinstance(x, dict) and x.get("question") and x.get("answer")
-                ]
-            )
-        return out
-
-    def paraphrases(self, questions: Sequence[str], n: int) -> list[list[str]]:
-        out = []
-        for q in questions:
-            reply = self._chat(
-                f"Rewrite this question in {n} different ways, keeping its meaning. Reply with "
-                f"only a JSON list of strings.\n\nQuestion: {q}"
-            )
-            items = _json_in(reply, list)
-            out.append([str(x) for x in (items or [])][:n])
-        return out
-
-
-def _json_in(text: str, kind: type = dict) -> Any:
-    """The first JSON value of ``kind`` in ``text`` (models like to wrap JSON in prose)."""
-    opener = "{" if kind is dict else "["
-    for i, ch in enumerate(text):
-        if ch == opener:
-            try:
-                value, _ = json.JSONDecoder().raw_decode(text[i:])
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, kind):
-                return value
-    return None
 
 
 # --- the recipe -----------------------------------------------------------------------------
@@ -416,15 +343,11 @@ def make_qa(
     """Question/answer pairs from ``(title, text)`` documents, checked against their
     passages, each with paraphrases."""
     report = MakeQAReport(documents=len(documents))
-    per_doc = [split_passages(text, title) for title, text in documents]
-    # Round-robin over the documents, so a --max-pairs budget covers all of them.
-    rows = [[(d, p) for p in passages] for d, passages in enumerate(per_doc)]
-    order = [x for row in zip_longest(*rows) for x in row if x is not None]
-    if max_pairs is not None:
-        order = order[: max(0, max_pairs * 2)]  # some candidates will be dropped
+    order = passage_order(documents, max_pairs)
     passages = [p for _, p in order]
     report.passages = len(passages)
-    kept: list[tuple[str, str, str, int]] = []
+    kept: list[tuple[Candidate, str, int]] = []
+    seen: set[str] = set()
     for (doc, passage), candidates in zip(order, writer.pairs(passages), strict=True):
         for c in candidates:
             report.generated += 1
@@ -435,29 +358,63 @@ def make_qa(
                 report.dropped_malformed += 1
             elif c.intended is not None and token_f1(c.answer, [c.intended]) < 0.5:
                 report.dropped_inconsistent += 1  # the model's own answer disagrees
-            elif any(normalize_answer(c.question) == normalize_answer(k[0]) for k in kept):
+            elif normalize_answer(c.question) in seen:
                 report.dropped_duplicate += 1
             else:
-                kept.append((c.question, c.answer, passage, doc))
+                kept.append((c, passage, doc))
+                seen.add(normalize_answer(c.question))
     if max_pairs is not None:
         report.dropped_over_budget = max(0, len(kept) - max_pairs)
         kept = kept[:max_pairs]
     report.kept = len(kept)
     report.documents_covered = len({d for *_, d in kept})
-    report.passages_covered = len({p for _, _, p, _ in kept})
-    rewrites = writer.paraphrases([q for q, *_ in kept], paraphrases) if paraphrases else []
+    report.passages_covered = len({p for _, p, _ in kept})
+    ask = [c.question for c, _, _ in kept if c.phrasings is None]
+    rewrites = iter(writer.paraphrases(ask, paraphrases) if paraphrases and ask else [])
     pairs = []
-    for i, (q, a, passage, doc) in enumerate(kept):
+    for c, passage, doc in kept:
+        if c.phrasings is not None:  # wordings that came with the pair: checked the same way
+            offered = [p for p in c.phrasings if check_pair(p, c.answer, passage) is None]
+        else:
+            offered = next(rewrites, []) if paraphrases else []
         alts: list[str] = []
-        for p in rewrites[i] if rewrites else []:
-            if check_paraphrase(q, p) and all(
-                normalize_answer(p) != normalize_answer(x) for x in alts
-            ):
+        for p in offered:
+            fresh = all(normalize_answer(p) != normalize_answer(x) for x in alts)
+            if len(alts) < paraphrases and check_paraphrase(c.question, p) and fresh:
                 alts.append(p.strip())
         report.paraphrases += len(alts)
-        pairs.append(QAPair(q, a, passage, alts, doc))
+        pairs.append(QAPair(c.question, c.answer, passage, alts, doc))
     report.examples = sum(1 + len(p.paraphrases) for p in pairs)
     return pairs, report
+
+
+def passage_order(
+    documents: Sequence[tuple[str, str]], max_pairs: int | None = None
+) -> list[tuple[int, str]]:
+    """``(document index, passage)`` in the order make-qa reads them: round-robin over the
+    documents, so a ``max_pairs`` budget (two passages per pair) covers all of them.
+    Passages without a sentence of prose (a title line with its link, identifiers and
+    licence: the first passage of every COVID-QA article) are not read."""
+    from ragtune.tune.templateqa import split_sentences
+
+    per_doc = [
+        [p for p in split_passages(text, title) if split_sentences(split_title(p)[1])]
+        for title, text in documents
+    ]
+    rows = [[(d, p) for p in passages] for d, passages in enumerate(per_doc)]
+    order = [x for row in zip_longest(*rows) for x in row if x is not None]
+    if max_pairs is not None:
+        order = order[: max(0, max_pairs * 2)]  # some candidates will be dropped
+    return order
+
+
+def document_records(passages: Sequence[str]) -> list[dict[str, Any]]:
+    """Raw-text training records (a lone assistant message: continued pre-training on the
+    text, see ``ragtune.tune.data.is_document``) for the passages make-qa read — the
+    knowledge-injection recipe of training on the documents together with question/answer
+    pairs about them (Ovadia et al. 2023; Jiang et al. 2024, "Instruction-tuned Language
+    Models are Better Knowledge Learners")."""
+    return [{"messages": [{"role": "assistant", "content": p}]} for p in passages]
 
 
 def to_examples(pairs: Sequence[QAPair], system: str | None = None) -> list[dict[str, Any]]:
@@ -500,13 +457,22 @@ def make_qa_files(
     paraphrases: int = 2,
     max_pairs: int | None = None,
     system: str | None = None,
+    train_docs: bool = False,
+    method: str = "model",
 ) -> tuple[list[dict[str, Any]], MakeQAReport]:
     """Training records (OpenAI chat JSONL objects) from the documents under ``paths``,
-    read in a seeded order; the report counts what was kept, dropped and covered."""
+    read in a seeded order; the report counts what was kept, dropped and covered. With
+    ``train_docs`` the passages read are added as raw-text records (after the pairs)."""
     texts, skipped = read_documents(paths)
     if not texts:
         raise RagtuneError("No readable documents", "pass .txt, .md, .html, .pdf files or folders")
     random.Random(seed).shuffle(texts)
     pairs, report = make_qa(texts, writer, paraphrases=paraphrases, max_pairs=max_pairs)
     report.skipped_files = skipped
-    return to_examples(pairs, system=system), report
+    report.method = method
+    records = to_examples(pairs, system=system)
+    if train_docs and records:
+        docs = document_records([p for _, p in passage_order(texts, max_pairs)])
+        report.document_examples = len(docs)
+        records += docs
+    return records, report
