@@ -174,3 +174,40 @@ def test_compare_refuses_leaked_test_questions(
         run_compare(CompareSettings(model=str(tiny_lm), arms=("base", "ft")),
                     CompareInputs(world_files["questions"], (world_files["docs"],), leaky),
                     tmp_path / "r")  # fmt: skip
+
+
+def test_compare_uses_a_finished_run_for_the_fine_tuned_arms(
+    world_files: dict[str, Path], tmp_path: Path, tiny_lm: Path
+) -> None:
+    settings = CompareSettings(
+        model=str(tiny_lm), arms=("ft",), epochs=1, max_new_tokens=4, device="cpu"
+    )
+    train = world_files["train"]
+    trained = run_compare(settings, CompareInputs(world_files["questions"], (), train),
+                          tmp_path / "a")  # fmt: skip
+    run = tmp_path / "a" / "ft-run"
+    manifest = json.loads((run / "manifest.json").read_text())
+
+    reused = run_compare(settings, CompareInputs(world_files["questions"], (), train, ft_run=run),
+                         tmp_path / "b")  # fmt: skip
+    assert not (tmp_path / "b" / "ft-run").exists()  # nothing was trained
+    assert [q["arms"]["ft"]["pred"] for q in reused["questions"]] == [
+        q["arms"]["ft"]["pred"] for q in trained["questions"]
+    ]
+    assert reused["arms"]["ft"]["prep_s"] == pytest.approx(manifest["result"]["wall_time_s"])
+
+    def refused(inputs: CompareInputs, message: str, **change: object) -> None:
+        s = CompareSettings(**{**settings.to_dict(), "arms": ("ft",), **change})  # type: ignore[arg-type]
+        with pytest.raises(RagtuneError, match=message):
+            run_compare(s, inputs, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()  # refused before anything is written
+
+    q = world_files["questions"]
+    refused(CompareInputs(q, (), train, ft_run=run), "is a lora run", method="full")
+    refused(CompareInputs(q, (), None, ft_run=run), "needs --train")
+    other = tmp_path / "other.jsonl"
+    other.write_text(train.read_text() + train.read_text().splitlines()[0] + "\n")
+    refused(CompareInputs(q, (), other, ft_run=run), "was not trained on")
+    refused(CompareInputs(q, (), train, ft_run=tmp_path), "not a run folder")
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    refused(CompareInputs(q, (), train, ft_run=run), "is interrupted, not finished")

@@ -273,3 +273,39 @@ def test_a_comparison_over_plain_http(live: str, served: Served, world: dict[str
     while work.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not work.exists()
+
+
+def test_a_succeeded_fine_tuning_job_is_the_fine_tuned_arms_model(
+    served: Served, world: dict[str, Path]
+) -> None:
+    ids = _inputs(served, world)
+    job_body = {
+        "model": "tiny_lm0",
+        "training_file": ids["train"],
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    }
+    job = served.client.post("/v1/fine_tuning/jobs", json=job_body, headers=served.headers())
+    assert job.status_code == 200, job.text
+    body = {
+        "questions": {"file_id": ids["questions"]},
+        "training": {"type": "fine_tuning_job", "fine_tuning_job_id": job.json()["id"]},
+        "arms": ["ft"],
+        "max_questions": 2,
+        "max_new_tokens": 2,
+    }
+    e = error(_create(served, body))  # still queued: there is no model to compare yet
+    assert e["param"] == "training.fine_tuning_job_id" and "succeeded" in e["message"]
+    served.run_worker()
+    e = error(_create(served, {**body, "method": "full"}))
+    assert e["param"] == "method" and "trained lora" in e["message"]
+
+    r = _create(served, body)
+    assert r.status_code == 200, r.text
+    served.run_worker()
+    c = served.client.get(f"/v1/comparisons/{r.json()['id']}", headers=served.headers()).json()
+    assert c["status"] == "succeeded", c["error"]
+    run = served.settings.run_dir(job.json()["id"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    # Not retrained: the arm's preparation is the job's own training time.
+    assert c["summary"]["arms"]["ft"]["prep_s"] == pytest.approx(manifest["result"]["wall_time_s"])
+    assert c["request"]["settings"]["method"] == "lora"

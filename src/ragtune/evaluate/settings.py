@@ -172,6 +172,8 @@ def validate(settings: CompareSettings, inputs: CompareInputs) -> None:
     for path, what in ((inputs.train, "--train"), (inputs.qrels, "--qrels")):
         if path is not None and not path.is_file():
             raise RagtuneError(f"{what} file not found: {path}")
+    if inputs.ft_run is not None:
+        check_ft_run(inputs.ft_run, s, inputs.train)
     for d in inputs.docs:
         if not d.exists():
             raise RagtuneError(f"Documents not found: {d}", "check --docs")
@@ -181,8 +183,6 @@ def validate(settings: CompareSettings, inputs: CompareInputs) -> None:
         from ragtune.models import resolve_lm
 
         resolve_lm(s.model)  # a clear error for a missing or non-model folder
-    if inputs.ft_run is not None:
-        check_ft_run(inputs.ft_run, s, inputs.train)
 
 
 def check_ft_run(run: Path, settings: CompareSettings, train: Path | None) -> None:

@@ -59,7 +59,7 @@ class ComparisonSpec:
     vector_store_id: str | None = None
     training: Training = "generated"
     training_file: str | None = None  # training "file", or the fine-tuning job's file
-    fine_tuning_job: str | None = None
+    fine_tuning_job: str | None = None  # its run is the fine-tuned arms' model
     format_check: str | None = None
     format_instruction: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # REQUEST_SETTINGS only
@@ -115,7 +115,7 @@ def stage_of(message: str) -> str | None:
         return "generating training data"
     if message.startswith("building the knowledge base"):
         return "building the knowledge base"
-    if message.startswith("fine-tuning ("):
+    if message.startswith(("fine-tuning (", "fine-tuned arms: the finished run")):
         return "fine-tuning"
     if m := re.match(r"answering with arm (\w+)", message):
         return f"answering: {m.group(1)}"
@@ -205,6 +205,8 @@ def materialize(spec: ComparisonSpec, project: str, ctx: TaskContext, work: Path
         docs=(docs,) if docs.exists() else (),
         train=train,
         fmt=fmt,
+        # A succeeded fine-tuning job: its model is the fine-tuned arms' (not retrained).
+        ft_run=ctx.settings.run_dir(spec.fine_tuning_job) if spec.fine_tuning_job else None,
     )
 
 

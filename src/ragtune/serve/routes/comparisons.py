@@ -221,8 +221,25 @@ def _resolve(
             raise not_found(
                 "fine-tuning job", training.fine_tuning_job_id, "training.fine_tuning_job_id"
             )
-        job_id, training_file = job.id, job.training_file
-        method = method or job.spec.get("training_type", "lora")
+        if job.status != "succeeded":
+            raise APIError(
+                400,
+                f"fine-tuning job {job.id} is {job.status}; a comparison uses a succeeded "
+                "job's model",
+                "training.fine_tuning_job_id",
+                "invalid_value",
+            )
+        trained = job.spec.get("training_type", "lora")
+        if method is not None and method != trained:
+            raise APIError(
+                400,
+                f"fine-tuning job {job.id} trained {trained}, not {method}",
+                "method",
+                "invalid_value",
+            )
+        # The fine-tuned arms use the job's model as it is (no training); its
+        # hyperparameters are recorded, and used again only by the freshness step.
+        job_id, training_file, method = job.id, job.training_file, trained
         hp = dict(job.spec.get("hyperparameters", {}))  # the job's, unless given below
     elif training.max_pairs is not None:
         settings["max_qa_pairs"] = training.max_pairs

@@ -20,7 +20,8 @@ async function loadInputs() {
   fillSelect($("#cmp-questions"), questions.map((f) => [f.id, `${f.filename} (${f.id})`]));
   fillSelect($("#cmp-training-file"), files.filter((f) => f.purpose === "fine-tune")
     .map((f) => [f.id, `${f.filename} (${f.id})`]));
-  fillSelect($("#cmp-training-job"), jobs.map((j) => [j.id, `${j.id} (${j.status})`]));
+  fillSelect($("#cmp-training-job"), jobs.filter((j) => j.status === "succeeded")
+    .map((j) => [j.id, `${j.fine_tuned_model || j.id}`]));
 }
 
 function arms(c) {
