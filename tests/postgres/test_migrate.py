@@ -15,6 +15,7 @@ from ragtune.jobs.keys import create_key, load_keys
 from ragtune.jobs.objects import LocalObjectStore
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import SqliteDB, new_event
+from ragtune.jobs.tasks import TaskDB, TaskRecord
 from ragtune.jobs.vector_store_records import BatchRecord, VectorStoreRecord, VSFileRecord
 from ragtune.jobs.vector_stores import VectorStoreDB
 from ragtune.retrieve.kb import KnowledgeBase
@@ -72,6 +73,9 @@ def test_migrate_embedded_installation(
     for i in range(3):
         objects.put_bytes(f"k{i}", f"object {i}".encode() * (i + 1))
     key = create_key(settings.keys_file, "team-a")
+    tasks = TaskDB.sqlite(settings.database)
+    for i, kind in enumerate(("comparison", "make_qa")):
+        tasks.add(TaskRecord(f"task-{i}", "p1", kind, 10 + i, {"n": i, "arms": ["ft"]}))
     artifacts = tmp_path / "shared-artifacts"
 
     assert main(["migrate", "--to", pg_url, "--artifacts", f"file://{artifacts}"]) == 0
@@ -85,6 +89,7 @@ def test_migrate_embedded_installation(
         "vector_stores": 1,
         "vector_store_files": 2,
         "vector_store_file_batches": 1,
+        "tasks": 2,
         "api_keys": 1,
         "kb:kb1:chunks": 12,
         "kb:kb1:documents": 12,
@@ -101,6 +106,9 @@ def test_migrate_embedded_installation(
     assert pg_vs.store_files("p1", "vs_1") == vs.store_files("p1", "vs_1")
     assert pg_vs.get_batch("p1", "vs_1", "vsfb_1") == vs.get_batch("p1", "vs_1", "vsfb_1")
     assert load_keys(None, settings.keys_file, open_key_table()).project(key) == "team-a"
+    assert TaskDB.postgres(pg_url).get("p1", "make_qa", "task-1") == tasks.get(
+        "p1", "make_qa", "task-1"
+    )
     moved = KnowledgeBase.open("kb1")
     assert isinstance(moved.store, PgStore) and moved.count() == (12, 12)
     monkeypatch.delenv("RAGTUNE_DATABASE_URL")

@@ -94,6 +94,7 @@ def migrate_service(settings: ServiceSettings, url: str) -> list[TableReport]:
         _report("jobs", [asdict(j) for j in jobs], [asdict(j) for j in got_jobs]),
         _report("job_events", [asdict(e) for e in events], [asdict(e) for e in got_events]),
         *_copy_tables(settings, url),
+        _copy_tasks(settings, url),
         _copy_keys(settings, url),
     ]
 
@@ -132,6 +133,25 @@ def _copy_tables(settings: ServiceSettings, url: str) -> list[TableReport]:
     finally:
         src.close()
     return reports
+
+
+def _copy_tasks(settings: ServiceSettings, url: str) -> TableReport:
+    """Comparisons and training-data generations (``tasks``), in their order."""
+    from ragtune.jobs.tasks import _COLUMNS, TaskDB, _row, _task
+
+    TaskDB.sqlite(settings.database)  # creates the table in an installation that has none
+    target = TaskDB.postgres(url)
+    query = f"SELECT {_COLUMNS} FROM tasks ORDER BY seq"
+    src = sqlite3.connect(settings.database)
+    try:
+        tasks = [_task(r) for r in src.execute(query)]
+    finally:
+        src.close()
+    for t in tasks:
+        target.add(t)
+    with target._connect(False) as conn:
+        got = [_task(r) for r in conn.execute(query.encode())]
+    return _report("tasks", [_row(t) for t in tasks], [_row(t) for t in got])
 
 
 def _copy_keys(settings: ServiceSettings, url: str) -> TableReport:
