@@ -30,6 +30,12 @@ as above. The text is synthetic: what is measured is memory against chunk count.
 tokenizer) on a generated chat JSONL of about that many MiB: examples of about 1 KiB
 (English-like text, fixed seed), every 1,000th line broken JSON; and ``--validate-base``
 a 1 MiB file of the same kind (the floor: tokenizer loaded, little else).
+
+``--train-data 50`` measures the data step of a training run (``ragtune tune``'s step 1:
+read, check and tokenize the training file with the default model's tokenizer) in a child
+process, on a valid generated chat JSONL of about that many MiB and on 1 MiB (the floor),
+with the code of ``--src``: the streaming ``Encoder`` where that code has it, else
+``load_data`` then ``encode`` (the code before it).
 """
 
 from __future__ import annotations
@@ -322,15 +328,16 @@ def keywords_main(args: argparse.Namespace) -> int:
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
 
-def write_chat_jsonl(path: Path, size: int) -> int:
-    """About ``size`` bytes of chat examples (every 1,000th line not JSON); returns lines."""
+def write_chat_jsonl(path: Path, size: int, broken: bool = True) -> int:
+    """About ``size`` bytes of chat examples (every 1,000th line not JSON unless not
+    ``broken``); returns lines."""
     rng = random.Random(0)
     words = _words(rng)
     written = lines = 0
     with open(path, "w") as fh:
         while written < size:
             lines += 1
-            if lines % 1000 == 0:
+            if broken and lines % 1000 == 0:
                 line = '{"messages": [broken'
             else:
                 question = english_like(rng, words, 200)
@@ -380,6 +387,56 @@ def validate_main(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_DATA_CHILD = """
+import json, sys
+from transformers import AutoTokenizer
+from ragtune.models import resolve_lm
+from ragtune.tune import data as d
+tokenizer = AutoTokenizer.from_pretrained(str(resolve_lm("default")))
+if hasattr(d, "Encoder"):
+    encoder = d.Encoder(tokenizer, 2048)
+    loaded = d.load_data(sys.argv[1], encoder=encoder)
+    seqs = encoder.result()[0]
+else:
+    loaded = d.load_data(sys.argv[1])
+    seqs = d.encode(loaded.examples, tokenizer, 2048)[0]
+print(json.dumps({"sequences": len(seqs), "errors": len(loaded.errors)}))
+"""
+
+
+def train_data_main(args: argparse.Namespace) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-trainbench-") as tmp:
+        for mib in (1, args.train_data):
+            path = Path(tmp) / f"train-{mib}.jsonl"
+            lines = write_chat_jsonl(path, mib * MiB, broken=False)
+            env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
+            argv = [sys.executable, "-c", TRAIN_DATA_CHILD, str(path)]
+            t0 = time.perf_counter()
+            with open(Path(tmp) / "out.json", "wb") as out:
+                pid = os.posix_spawn(
+                    sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
+                )
+                _, status, usage = os.wait4(pid, 0)
+            report = json.loads((Path(tmp) / "out.json").read_text() or "{}")
+            result = {
+                "file_mib": round(path.stat().st_size / MiB, 1),
+                "lines": lines,
+                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "exit_code": os.waitstatus_to_exitcode(status),
+                **report,
+            }
+            print(json.dumps(result), file=sys.stderr, flush=True)
+            results.append(result)
+            path.unlink()
+    print(json.dumps({"label": args.label, "src": str(args.src), "train_data": results}, indent=2))
+    summary = ", ".join(f"{r['file_mib']} MiB: {r['peak_rss_mib']:.0f} MiB" for r in results)
+    label = args.label or args.src
+    print(f"peak RSS of the training data step ({label}): {summary}", file=sys.stderr)
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path(__file__).parent.parent / "src")
@@ -397,6 +454,9 @@ def main() -> int:
     parser.add_argument("--group", type=int, default=1024, help="chunks per add()")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--validate", type=int, default=0, help="MiB of JSONL to validate")
+    parser.add_argument(
+        "--train-data", type=int, default=0, help="MiB of JSONL through training's data step"
+    )
     args = parser.parse_args()
     if args.child:
         phase, n, folder = args.child
@@ -406,6 +466,8 @@ def main() -> int:
         return keywords_main(args)
     if args.validate:
         return validate_main(args)
+    if args.train_data:
+        return train_data_main(args)
     real_home = Path(os.environ.get("RAGTUNE_HOME", Path.home() / ".ragtune")).expanduser()
     results = []
     with tempfile.TemporaryDirectory(prefix="ragtune-membench-") as tmp:

@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from ragtune.errors import RagtuneError
 from ragtune.tune.data import (
     IGNORE,
+    Encoder,
     bos_to_prepend,
     detect_format,
     encode,
@@ -174,3 +175,32 @@ def test_missing_role_is_reported_once(tmp_path: Path) -> None:
     assert [(p.line, p.category, p.message) for p in data.errors] == [
         (1, "message_missing_key", "message 1 has no role")
     ]
+
+
+def test_tokenizing_as_read_gives_the_same_sequences_and_keeps_no_example(
+    tmp_path: Path, tiny_lm: Path
+) -> None:
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm))
+    rows = [chat_row(f"Question {i} " + "abc " * (i * 7), f"Answer {i}") for i in range(12)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    whole = load_data(path)
+    expected = encode(whole.examples, tok, max_length=24)
+    encoder = Encoder(tok, 24)
+    streamed = load_data(path, encoder=encoder)
+    got = encoder.result()
+    assert streamed.examples == [] and streamed.origins == whole.origins
+    assert got[1] == expected[1] and got[1]  # the same conversations truncated
+    assert [(s.input_ids.tolist(), s.labels.tolist(), s.example) for s in got[0]] == [
+        (s.input_ids.tolist(), s.labels.tolist(), s.example) for s in expected[0]
+    ]
+    # Checks only: nothing kept, the same problems found; after an error nothing more is
+    # tokenized (the run will be refused), but every line is still checked.
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*rows[:3], "not json", *rows[3:], "{}"])
+    checked = load_data(bad, keep=False)
+    assert checked.examples == [] and checked.origins == []
+    assert [(p.line, p.category) for p in checked.errors] == [
+        (p.line, p.category) for p in load_data(bad).errors
+    ]
+    late = Encoder(tok, 24)
+    load_data(bad, encoder=late)
+    assert {s.example for s in late.sequences} == {0, 1, 2}

@@ -99,6 +99,7 @@ class Worker:
             data = load_data(
                 self.objects.local_path(record.key),
                 min_examples=10 if param == "training_file" else 0,
+                keep=False,  # the checks only: training reads the file again
             )
             if data.errors:
                 problems = "; ".join(str(p) for p in data.errors[:5])

@@ -70,7 +70,7 @@ class TrainingData:
 
     path: str
     format: DataFormat
-    examples: list[Example]
+    examples: list[Example]  # empty when tokenized as read (load_data's ``encoder``)
     origins: list[tuple[str, int]]  # (file, line) of each example; line 0 for a whole file
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
@@ -145,19 +145,37 @@ def iter_records(path: Path, fmt: DataFormat) -> Iterator[Record]:
 
 
 def load_data(
-    path: str | Path, data_format: DataFormat | None = None, min_examples: int = MIN_EXAMPLES
+    path: str | Path,
+    data_format: DataFormat | None = None,
+    min_examples: int = MIN_EXAMPLES,
+    encoder: Encoder | None = None,
+    keep: bool = True,
 ) -> TrainingData:
-    """Read and validate a data file or folder. Problems are collected, never raised."""
+    """Read and validate a data file or folder. Problems are collected, never raised.
+
+    With an ``encoder`` each valid example is tokenized as it is read and not kept
+    (``examples`` stays empty, ``origins`` still has one entry per example), so memory
+    holds the compact sequences only; after the first error nothing more is tokenized
+    (the data will be refused), but every line is still checked. ``keep=False`` only
+    checks: neither examples nor origins are kept, only the problems.
+    """
     p, fmt = resolve_data(path, data_format)
     fmt = "text" if is_documents(p, fmt) else fmt
     data = TrainingData(str(p), fmt, [], [], sha256=file_sha256(p))
+    n = 0  # valid examples
     for record in iter_records(p, fmt):
         data.errors.extend(record.errors)
         data.warnings.extend(record.warnings)
-        if record.example is not None:
+        if record.example is None:
+            continue
+        if encoder is not None and not data.errors:
+            encoder.add(n, record.example)
+        if encoder is None and keep:
             data.examples.append(record.example)
+        if encoder is not None or keep:
             data.origins.append((record.source, record.line))
-    few = too_few_examples(str(p), len(data.examples), _n_bad_lines(data), min_examples)
+        n += 1
+    few = too_few_examples(str(p), n, _n_bad_lines(data), min_examples)
     if fmt != "text" and few is not None:
         data.errors.append(few)
     return data
@@ -451,27 +469,46 @@ def split_sequence(
     ]
 
 
+class Encoder:
+    """Tokenizes examples one at a time, as they are read, into training sequences of at
+    most ``max_length`` tokens (so a large data file never has to be held as parsed
+    examples: only the compact sequences are kept).
+
+    Documents longer than that are cut into consecutive windows (nothing is lost);
+    conversations are truncated at the end, as OpenAI does.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.bos = bos_to_prepend(tokenizer)
+        self.sequences: list[TokenSequence] = []
+        self.truncated: list[int] = []  # indices of the conversations cut at max_length
+
+    def add(self, index: int, example: Example) -> None:
+        ids, labels = encode_example(example, self.tokenizer, self.bos)
+        pieces = split_sequence(index, example, ids, labels, self.bos, self.max_length)
+        if len(ids) > self.max_length and not is_document(example):
+            self.truncated.append(index)
+        self.sequences.extend(pieces)
+
+    def result(self) -> tuple[list[TokenSequence], list[int]]:
+        """The sequences with something to train on, and the truncated conversations."""
+        kept = [s for s in self.sequences if s.n_targets > 0]
+        if len(kept) < len(self.sequences):
+            log.warning(
+                "%d sequence(s) have no trained tokens left and are skipped",
+                len(self.sequences) - len(kept),
+            )
+        return kept, self.truncated
+
+
 def encode(
     examples: Sequence[Example], tokenizer: Any, max_length: int
 ) -> tuple[list[TokenSequence], list[int]]:
-    """Tokenize examples into training sequences of at most ``max_length`` tokens.
-
-    Documents longer than that are cut into consecutive windows (nothing is lost);
-    conversations are truncated at the end, as OpenAI does. Returns the sequences and the
-    indices of the conversations that were truncated.
-    """
-    bos = bos_to_prepend(tokenizer)
-    out: list[TokenSequence] = []
-    truncated: list[int] = []
+    """Tokenize examples into training sequences (see :class:`Encoder`). Returns the
+    sequences and the indices of the conversations that were truncated."""
+    encoder = Encoder(tokenizer, max_length)
     for i, ex in enumerate(examples):
-        ids, labels = encode_example(ex, tokenizer, bos)
-        pieces = split_sequence(i, ex, ids, labels, bos, max_length)
-        if len(ids) > max_length and not is_document(ex):
-            truncated.append(i)
-        out.extend(pieces)
-    kept = [s for s in out if s.n_targets > 0]
-    if len(kept) < len(out):
-        log.warning(
-            "%d sequence(s) have no trained tokens left and are skipped", len(out) - len(kept)
-        )
-    return kept, truncated
+        encoder.add(i, ex)
+    return encoder.result()

@@ -28,7 +28,7 @@ from ragtune.models import describe, pick_dtype, resolve_lm
 from ragtune.tune import checkpoint as ckpt
 from ragtune.tune import hparams
 from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
-from ragtune.tune.data import DataFormat, TokenSequence, encode, load_data, require_valid
+from ragtune.tune.data import DataFormat, Encoder, TokenSequence, load_data, require_valid
 from ragtune.tune.distributed import (
     DistInfo,
     all_gather_objects,
@@ -136,18 +136,21 @@ def train(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with process_setup(dist, dev):
-        # --- 1. Data: parse and validate everything first, then tokenize.
-        train_data = load_data(data, data_format)
-        require_valid(train_data)
-        valid_data = None
-        if validation is not None:
-            valid_data = load_data(validation, data_format, min_examples=0)
-            require_valid(valid_data, "validation data")
+        # --- 1. Data: read, validate and tokenize line by line (only the compact token
+        # sequences are kept, whatever the file's size); any error refuses the run.
         tokenizer = AutoTokenizer.from_pretrained(str(base_path))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        train_seqs, truncated = encode(train_data.examples, tokenizer, max_length)
-        valid_seqs = encode(valid_data.examples, tokenizer, max_length)[0] if valid_data else []
+        train_encoder = Encoder(tokenizer, max_length)
+        train_data = load_data(data, data_format, encoder=train_encoder)
+        require_valid(train_data)
+        valid_data, valid_seqs = None, []
+        if validation is not None:
+            valid_encoder = Encoder(tokenizer, max_length)
+            valid_data = load_data(validation, data_format, 0, valid_encoder)
+            require_valid(valid_data, "validation data")
+            valid_seqs = valid_encoder.result()[0]
+        train_seqs, truncated = train_encoder.result()
         if not train_seqs:
             raise RagtuneError("No training sequence has any assistant token to train on")
         hp = hparams.resolve(method, len(train_seqs), epochs, batch_size, lr_multiplier)

@@ -20,7 +20,7 @@ def data_record(data: Any, n_sequences: int) -> dict[str, Any]:
         "path": str(Path(data.path).resolve()),
         "sha256": data.sha256,
         "format": data.format,
-        "examples": len(data.examples),
+        "examples": len(data.origins),
         "sequences": n_sequences,
     }
 

@@ -41,7 +41,7 @@ def validate_fine_tune_file(path: Path) -> None:
     """The checks of ``ragtune validate``; 400 listing the problems with line numbers."""
     from ragtune.tune.data import load_data
 
-    data = load_data(path)
+    data = load_data(path, keep=False)  # the checks only: memory flat whatever the size
     if data.errors:
         shown = "; ".join(
             f"line {p.line}: [{p.category}] {p.message}"
