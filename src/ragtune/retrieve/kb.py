@@ -76,7 +76,7 @@ class KnowledgeBase:
         self.folder = folder
         self.manifest = manifest
         self.device = device
-        self.store: Store = open_store(name, manifest)
+        self.store: Store = open_store(name, manifest, folder)
         self._embedder: Embedder | None = None
 
     @classmethod
@@ -270,8 +270,9 @@ def _pg_url(name: str) -> str:
     return url
 
 
-def open_store(name: str, manifest: dict[str, Any]) -> WritableStore:
-    """The store a published manifest names: LanceDB (the default) or PgStore."""
+def open_store(name: str, manifest: dict[str, Any], folder: Path | None = None) -> WritableStore:
+    """The store a published manifest names: LanceDB (the default; in ``folder``, by
+    default the knowledge base's folder in RAGTUNE_HOME) or PgStore."""
     dim = int(manifest["embedder"]["dim"])
     if manifest.get("backend") == "postgresql":
         from ragtune.jobs.migrations import ensure_schema
@@ -280,7 +281,7 @@ def open_store(name: str, manifest: dict[str, Any]) -> WritableStore:
         url = _pg_url(name)
         ensure_schema(url)
         return PgStore(url, name, dim)
-    return LanceStore(kb_path(name), dim, manifest["store"])
+    return LanceStore(folder or kb_path(name), dim, manifest["store"])
 
 
 def new_store(name: str, dim: int) -> WritableStore:
