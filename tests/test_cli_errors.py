@@ -263,7 +263,8 @@ def test_compare_and_make_qa_read_config(
     docs.mkdir()
     (docs / "a.txt").write_text("Zorbland's capital is Vetrin.")
     capsys.readouterr()
-    assert main(["make-qa", str(docs), "--out", str(tmp_path / "qa.jsonl")]) != 0
+    out = str(tmp_path / "qa.jsonl")
+    assert main(["make-qa", str(docs), "--out", out, "--method", "model"]) != 0
     assert "/no/such/model" in capsys.readouterr().err  # the configured model was used
 
 
