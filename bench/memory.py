@@ -352,27 +352,38 @@ def write_chat_jsonl(path: Path, size: int, broken: bool = True) -> int:
     return lines
 
 
+def measure_child(
+    argv: list[str], src: Path, out_json: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``argv`` with ragtune from ``src``; its JSON stdout, and its peak RSS, seconds and
+    exit code."""
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())}
+    t0 = time.perf_counter()
+    with open(out_json, "wb") as out:
+        pid = os.posix_spawn(
+            sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
+        )
+        _, status, usage = os.wait4(pid, 0)
+    report = json.loads(out_json.read_text() or "{}")
+    return report, {
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "exit_code": os.waitstatus_to_exitcode(status),
+    }
+
+
 def validate_main(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="ragtune-valbench-") as tmp:
         for mib in (1, args.validate):
             path = Path(tmp) / f"train-{mib}.jsonl"
             lines = write_chat_jsonl(path, mib * MiB)
-            env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
             argv = [sys.executable, "-m", "ragtune.cli", "validate", str(path), "--json"]
-            t0 = time.perf_counter()
-            with open(Path(tmp) / "out.json", "wb") as out:
-                pid = os.posix_spawn(
-                    sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
-                )
-                _, status, usage = os.wait4(pid, 0)
-            report = json.loads((Path(tmp) / "out.json").read_text() or "{}")
+            report, measured = measure_child(argv, args.src, Path(tmp) / "out.json")
             result = {
                 "file_mib": round(path.stat().st_size / MiB, 1),
                 "lines": lines,
-                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-                "seconds": round(time.perf_counter() - t0, 1),
-                "exit_code": os.waitstatus_to_exitcode(status),  # 1: the file has errors
+                **measured,  # exit_code 1: the file has errors
                 "examples": report.get("examples"),
                 "errors_listed": len(report.get("errors", [])),
                 "errors_total": sum(report.get("error_counts", {}).values())
@@ -410,21 +421,12 @@ def train_data_main(args: argparse.Namespace) -> int:
         for mib in (1, args.train_data):
             path = Path(tmp) / f"train-{mib}.jsonl"
             lines = write_chat_jsonl(path, mib * MiB, broken=False)
-            env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
             argv = [sys.executable, "-c", TRAIN_DATA_CHILD, str(path)]
-            t0 = time.perf_counter()
-            with open(Path(tmp) / "out.json", "wb") as out:
-                pid = os.posix_spawn(
-                    sys.executable, argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
-                )
-                _, status, usage = os.wait4(pid, 0)
-            report = json.loads((Path(tmp) / "out.json").read_text() or "{}")
+            report, measured = measure_child(argv, args.src, Path(tmp) / "out.json")
             result = {
                 "file_mib": round(path.stat().st_size / MiB, 1),
                 "lines": lines,
-                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-                "seconds": round(time.perf_counter() - t0, 1),
-                "exit_code": os.waitstatus_to_exitcode(status),
+                **measured,
                 **report,
             }
             print(json.dumps(result), file=sys.stderr, flush=True)
