@@ -34,8 +34,8 @@ a 1 MiB file of the same kind (the floor: tokenizer loaded, little else).
 ``--train-data 50`` measures the data step of a training run (``ragtune tune``'s step 1:
 read, check and tokenize the training file with the default model's tokenizer) in a child
 process, on a valid generated chat JSONL of about that many MiB and on 1 MiB (the floor),
-with the code of ``--src``: the streaming ``Encoder`` where that code has it, else
-``load_data`` then ``encode`` (the code before it).
+with the code of ``--src``: the streaming ``tune.tokens.Encoder`` where that code has it,
+else ``load_data`` then ``encode`` (the code before it).
 """
 
 from __future__ import annotations
@@ -404,13 +404,15 @@ from transformers import AutoTokenizer
 from ragtune.models import resolve_lm
 from ragtune.tune import data as d
 tokenizer = AutoTokenizer.from_pretrained(str(resolve_lm("default")))
-if hasattr(d, "Encoder"):
-    encoder = d.Encoder(tokenizer, 2048)
-    loaded = d.load_data(sys.argv[1], encoder=encoder)
-    seqs = encoder.result()[0]
-else:
+try:
+    from ragtune.tune.tokens import Encoder
+except ImportError:  # the code before the streaming data step
     loaded = d.load_data(sys.argv[1])
     seqs = d.encode(loaded.examples, tokenizer, 2048)[0]
+else:
+    encoder = Encoder(tokenizer, 2048)
+    loaded = d.load_data(sys.argv[1], encoder=encoder)
+    seqs = encoder.result()[0]
 print(json.dumps({"sequences": len(seqs), "errors": len(loaded.errors)}))
 """
 

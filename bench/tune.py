@@ -102,7 +102,7 @@ def chat_examples(n: int) -> list[dict[str, Any]]:
 
 def fit_to_length(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int) -> list[dict[str, Any]]:
     """Lengthen each system message with world description until the example is ~seq_len."""
-    from ragtune.tune.data import bos_to_prepend, encode_example
+    from ragtune.tune.tokens import bos_to_prepend, encode_example
     from ragtune.types import Example
 
     bos = bos_to_prepend(tokenizer)
@@ -308,7 +308,8 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from ragtune.models import resolve_lm
     from ragtune.tune.batching import length_grouped_batches
-    from ragtune.tune.data import encode, load_data
+    from ragtune.tune.data import load_data
+    from ragtune.tune.tokens import encode
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_lm(args.model)))
     n = args.batch_size * args.steps  # one epoch, every batch full

@@ -7,17 +7,13 @@ from transformers import AutoTokenizer
 
 from ragtune.errors import RagtuneError
 from ragtune.tune.data import (
-    IGNORE,
-    Encoder,
-    bos_to_prepend,
     detect_format,
-    encode,
-    encode_example,
     load_data,
     load_examples,
     repeat_to_minimum,
     require_valid,
 )
+from ragtune.tune.tokens import IGNORE, Encoder, bos_to_prepend, encode, encode_example
 from ragtune.types import Example, Message
 from tests.tune.conftest import chat_row, write_jsonl
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ragtune.tune.data import IGNORE
 from ragtune.tune.loss import LabelledLoss, chunked_cross_entropy, labelled_rows
+from ragtune.tune.tokens import IGNORE
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 64])

@@ -10,7 +10,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ragtune.cli import main
-from ragtune.tune.data import encode, load_data
+from ragtune.tune.data import load_data
+from ragtune.tune.tokens import encode
 from ragtune.tune.validate import MAX_REPORTED, validate_file
 from tests.tune.conftest import chat_row, write_jsonl
 

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ragtune.tune.data import IGNORE, TokenSequence
+from ragtune.tune.tokens import IGNORE, TokenSequence
 
 if TYPE_CHECKING:
     import torch

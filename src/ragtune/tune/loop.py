@@ -28,7 +28,7 @@ from ragtune.models import describe, pick_dtype, resolve_lm
 from ragtune.tune import checkpoint as ckpt
 from ragtune.tune import hparams
 from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
-from ragtune.tune.data import DataFormat, Encoder, TokenSequence, load_data, require_valid
+from ragtune.tune.data import DataFormat, load_data, require_valid
 from ragtune.tune.distributed import (
     DistInfo,
     all_gather_objects,
@@ -43,6 +43,7 @@ from ragtune.tune.events import RUN_KIND, EventLog, write_manifest
 from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, save_outputs
 from ragtune.tune.loss import LabelledLoss
 from ragtune.tune.rundir import data_record, open_run_dir
+from ragtune.tune.tokens import Encoder, TokenSequence
 
 log = logging.getLogger(__name__)
 

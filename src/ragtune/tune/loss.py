@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragtune.tune.data import IGNORE
+from ragtune.tune.tokens import IGNORE
 
 # Logits per chunk: 256 rows of a 262k vocabulary, 256 MiB in fp32. Every chunk reads the
 # whole head twice (forward and gradient), so larger chunks are faster on CPUs (measured:

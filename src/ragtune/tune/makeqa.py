@@ -410,7 +410,7 @@ def passage_order(
 
 def document_records(passages: Sequence[str]) -> list[dict[str, Any]]:
     """Raw-text training records (a lone assistant message: continued pre-training on the
-    text, see ``ragtune.tune.data.is_document``) for the passages make-qa read — the
+    text, see ``ragtune.tune.tokens.is_document``) for the passages make-qa read — the
     knowledge-injection recipe of training on the documents together with question/answer
     pairs about them (Ovadia et al. 2023; Jiang et al. 2024, "Instruction-tuned Language
     Models are Better Knowledge Learners")."""

@@ -20,19 +20,15 @@ from typing import Any
 from ragtune.models import pick_device, resolve_lm
 from ragtune.tune import hparams
 from ragtune.tune.data import (
-    IGNORE,
     MIN_EXAMPLES,
     DataFormat,
     Problem,
-    bos_to_prepend,
-    encode_example,
-    is_document,
     is_documents,
     iter_records,
     resolve_data,
-    split_sequence,
     too_few_examples,
 )
+from ragtune.tune.tokens import IGNORE, bos_to_prepend, encode_example, is_document, split_sequence
 
 MAX_REPORTED = 100  # problems of each kind (errors, warnings) reported in full
 
