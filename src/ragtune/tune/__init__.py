@@ -1,7 +1,9 @@
 """True fine-tuning: data formats and validation, the training recipe, LoRA, checkpoints, diffs.
 
 * :mod:`ragtune.tune.data` — chat / prompt-completion / text formats, OpenAI-style checks,
-  tokenization in the inference layout.
+  read line by line.
+* :mod:`ragtune.tune.tokens` — tokenization in the inference layout, into compact training
+  sequences (as the data is read).
 * :mod:`ragtune.tune.loop` — :func:`~ragtune.tune.loop.train`, the whole run in one function.
 * :mod:`ragtune.tune.loss` — cross-entropy on labelled positions only, chunked over the vocabulary.
 * :mod:`ragtune.tune.hparams` — ``auto`` epochs, batch size and learning rate; the schedule.
