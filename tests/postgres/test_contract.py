@@ -106,9 +106,11 @@ def test_claim_order_leases_and_exactly_once_finish(db: Database) -> None:
         "trained_tokens": 123,
         "result_files": [result.id],
     }
-    assert not db.finish("ftjob-2", "stale", "succeeded", values, [result])
-    assert db.get_file("p1", result.id) is None
-    assert db.finish("ftjob-2", second.attempt, "succeeded", values, [result])
+    final = [new_event("ftjob-2", "The job has successfully completed")]
+    assert not db.finish("ftjob-2", "stale", "succeeded", values, [result], final)
+    assert db.get_file("p1", result.id) is None and db.list_events("ftjob-2") == []
+    assert db.finish("ftjob-2", second.attempt, "succeeded", values, [result], final)
+    assert db.list_events("ftjob-2") == final  # written with the status, never after it
     assert not db.finish("ftjob-2", second.attempt, "failed", {})  # exactly once
     done = db.get_job("p1", "ftjob-2")
     assert done is not None and done.status == "succeeded" and done.attempt is None

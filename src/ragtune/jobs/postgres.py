@@ -254,9 +254,11 @@ class PostgresDB:
         status: JobStatus,
         values: dict[str, Any],
         files: Iterable[FileRecord] = (),
+        events: Iterable[JobEvent] = (),
     ) -> bool:
         """Move the job to ``status`` and release it, only if ``attempt`` still holds it; the
-        result files are inserted in the same transaction (all or nothing)."""
+        result files and final events are inserted in the same transaction (all or nothing:
+        a client that sees the status sees them)."""
         sets, args = _sets(values)
         terminal = status in TERMINAL
         with self._connect() as db:
@@ -269,6 +271,8 @@ class PostgresDB:
                 return False
             for f in files:
                 _insert_file(db, f)
+            for e in events:
+                _insert_event(db, e)
         return True
 
 

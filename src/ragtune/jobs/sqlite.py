@@ -221,20 +221,7 @@ class SqliteDB:
 
     def add_event(self, event: JobEvent) -> None:
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.job_id,
-                    event.created_at,
-                    event.level,
-                    event.message,
-                    event.type,
-                    dumps(event.data),
-                    event.at,
-                ),
-            )
+            _add_event(db, event)
 
     def list_events(self, job_id: str) -> list[JobEvent]:
         """A job's lifecycle events, oldest first (the caller has checked the job's owner)."""
@@ -306,8 +293,11 @@ class SqliteDB:
         status: JobStatus,
         values: dict[str, Any],
         files: Iterable[FileRecord] = (),
+        events: Iterable[JobEvent] = (),
     ) -> bool:
-        """Move the job to ``status`` and release it, only if ``attempt`` still holds it."""
+        """Move the job to ``status`` and release it, only if ``attempt`` still holds it; its
+        result files and final events are written in the same transaction (a client that
+        sees the status sees them)."""
         sets, args = _assignments(values)
         terminal = status in TERMINAL
         with self._connect(immediate=True) as db:
@@ -320,7 +310,26 @@ class SqliteDB:
                 return False
             for f in files:
                 _insert_file(db, f)
+            for e in events:
+                _add_event(db, e)
         return True
+
+
+def _add_event(db: sqlite3.Connection, event: JobEvent) -> None:
+    db.execute(
+        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.job_id,
+            event.created_at,
+            event.level,
+            event.message,
+            event.type,
+            dumps(event.data),
+            event.at,
+        ),
+    )
 
 
 def new_event(

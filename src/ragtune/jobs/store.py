@@ -138,6 +138,7 @@ class JobTable(Protocol):
         status: JobStatus,
         values: dict[str, Any],
         files: Iterable[FileRecord] = (),
+        events: Iterable[JobEvent] = (),
     ) -> bool: ...
 
 

@@ -32,7 +32,7 @@ from ragtune.jobs.launch import run_torchrun, torchrun_command
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
-from ragtune.jobs.store import Claim, FileRecord, JobError, JobRecord, ObjectStore
+from ragtune.jobs.store import Claim, FileRecord, JobError, JobEvent, JobRecord, ObjectStore
 from ragtune.jobs.task_worker import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,12 @@ class Worker:
         if lost:  # another worker holds the job now; it resumes from the checkpoint
             log.warning("job %s: lease lost, leaving it to its new holder", job.id)
         elif shutting_down:  # back to the queue; the next worker resumes from the checkpoint
-            self._finish(claim, "queued", {})
-            self._event(job, "Worker stopped; the job will resume from its last checkpoint")
-        elif self._finish(claim, "cancelled", {}):
-            self._event(job, "Fine-tuning job cancelled")
+            message = "Worker stopped; the job will resume from its last checkpoint"
+            self._finish(claim, "queued", {}, events=[new_event(job.id, message)])
+        else:
+            self._finish(
+                claim, "cancelled", {}, events=[new_event(job.id, "Fine-tuning job cancelled")]
+            )
 
     def _succeed(self, claim: Claim, trained_tokens: int) -> None:
         job = claim.job
@@ -220,15 +222,17 @@ class Worker:
             "result_files": [result_id],
             "estimated_finish": None,
         }
-        if self._finish(claim, "succeeded", values, [record]):
-            self._event(job, f"New fine-tuned model created: {name}")
-            self._event(job, "The job has successfully completed")
-        else:  # another attempt finished it: this one leaves no trace
+        events = [
+            new_event(job.id, f"New fine-tuned model created: {name}"),
+            new_event(job.id, "The job has successfully completed"),
+        ]
+        if not self._finish(claim, "succeeded", values, [record], events):
+            # another attempt finished it: this one leaves no trace
             self.objects.delete(key)
 
     def _fail(self, claim: Claim, code: str, message: str, param: str | None = None) -> None:
-        if self._finish(claim, "failed", {"error": JobError(code, message, param)}):
-            self._event(claim.job, f"Fine-tuning job failed: {message}", "error")
+        event = new_event(claim.job.id, f"Fine-tuning job failed: {message}", "error")
+        self._finish(claim, "failed", {"error": JobError(code, message, param)}, events=[event])
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -238,8 +242,12 @@ class Worker:
         status: Any,
         values: dict[str, Any],
         files: list[FileRecord] | None = None,
+        events: list[JobEvent] | None = None,
     ) -> bool:
-        return self.db.finish(claim.job.id, claim.attempt, status, values, files or [])
+        """Finish the attempt: the status, result files and final events at once."""
+        return self.db.finish(
+            claim.job.id, claim.attempt, status, values, files or [], events or []
+        )
 
     def _event(self, job: JobRecord, message: str, level: Any = "info") -> None:
         self.db.add_event(new_event(job.id, message, level))
