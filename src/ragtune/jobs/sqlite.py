@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from ragtune.jobs.store import (
     TERMINAL,
@@ -203,10 +203,10 @@ class SqliteDB:
                     "WHERE id = ?",
                     (now, job_id),
                 )
-                _insert_event(db, job_id, "Fine-tuning job cancelled", "info")
+                _insert_event(db, new_event(job_id, "Fine-tuning job cancelled"))
             else:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                _insert_event(db, job_id, "Cancellation requested", "info")
+                _insert_event(db, new_event(job_id, "Cancellation requested"))
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
 
@@ -221,7 +221,7 @@ class SqliteDB:
 
     def add_event(self, event: JobEvent) -> None:
         with self._connect() as db:
-            _add_event(db, event)
+            _insert_event(db, event)
 
     def list_events(self, job_id: str) -> list[JobEvent]:
         """A job's lifecycle events, oldest first (the caller has checked the job's owner)."""
@@ -257,9 +257,8 @@ class SqliteDB:
                 (attempt, worker, now + lease_s, status, int(status == "running"), job.id),
             )
             if job.status == "running" or (job.status == "validating_files" and job.attempt):
-                _insert_event(
-                    db, job.id, "The worker running this job stopped; resuming on another", "warn"
-                )
+                message = "The worker running this job stopped; resuming on another"
+                _insert_event(db, new_event(job.id, message, "warn"))
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone()
         return Claim(_job(row), attempt)
 
@@ -311,11 +310,11 @@ class SqliteDB:
             for f in files:
                 _insert_file(db, f)
             for e in events:
-                _add_event(db, e)
+                _insert_event(db, e)
         return True
 
 
-def _add_event(db: sqlite3.Connection, event: JobEvent) -> None:
+def _insert_event(db: sqlite3.Connection, event: JobEvent) -> None:
     db.execute(
         "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -342,15 +341,6 @@ def new_event(
     now = time.time()
     return JobEvent(
         f"ftevent-{uuid.uuid4().hex[:24]}", job_id, int(now), level, message, type, data, now
-    )
-
-
-def _insert_event(db: sqlite3.Connection, job_id: str, message: str, level: str) -> None:
-    e = new_event(job_id, message, cast(Literal["info"], level))
-    db.execute(
-        "INSERT INTO job_events (id, job_id, created_at, level, message, type, data, at) "
-        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-        (e.id, e.job_id, e.created_at, e.level, e.message, e.type, e.at),
     )
 
 
