@@ -14,21 +14,18 @@ Any local HF folder works in place of either, and a fine-tuning run folder (one 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune import __version__
 from ragtune.config import ragtune_home
 from ragtune.errors import RagtuneError
-from ragtune.io import fsync_dir, write_json_atomic
+from ragtune.io import file_lock, fsync_dir, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -82,23 +79,12 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def default_lm_path() -> Path:
     """The converted default LM folder, converting it from its PyPI package on first use."""
     target = ragtune_home() / "models" / DEFAULT_LM_NAME
     if (target / _CONVERTED_MARKER).exists():
         return target
-    with _file_lock(ragtune_home() / "models" / ".convert.lock"):
+    with file_lock(ragtune_home() / "models" / ".convert.lock"):
         if (target / _CONVERTED_MARKER).exists():  # another process finished meanwhile
             return target
         _convert_default_lm(target)

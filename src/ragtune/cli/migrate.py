@@ -16,7 +16,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "bases, objects) to PostgreSQL and an artefact store",
         description="Copy RAGTUNE_HOME's SQLite tables (files, jobs, events, vector stores), "
         "the API keys file and every knowledge base into PostgreSQL, and with --artifacts "
-        "every stored object, then print counts and content checksums of both sides (JSON). "
+        "every stored object and run folder, then print counts and content checksums of both "
+        "sides (JSON). "
         "Exits 1 when any differ. Afterwards set RAGTUNE_DATABASE_URL (and RAGTUNE_ARTIFACTS) "
         "to the same URLs.",
     )
@@ -25,8 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--artifacts",
         metavar="URL",
         default=os.environ.get("RAGTUNE_ARTIFACTS"),
-        help="also copy every stored object (uploads, result files) to this artefact store, "
-        "file:///... or s3://... (default: $RAGTUNE_ARTIFACTS; objects stay put when unset)",
+        help="also copy every stored object (uploads, result files) and every fine-tuning "
+        "run folder (checkpoints, adapters, merged models) to this artefact store, "
+        "file:///... or s3://... (default: $RAGTUNE_ARTIFACTS; they stay put when unset)",
     )
     p.set_defaults(func=cmd_migrate)
 
@@ -34,7 +36,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ragtune.jobs.postgres import open_postgres
     from ragtune.jobs.settings import ServiceSettings
-    from ragtune.jobs.transfer import migrate_knowledge_bases, migrate_objects, migrate_service
+    from ragtune.jobs.transfer import (
+        migrate_knowledge_bases,
+        migrate_objects,
+        migrate_runs,
+        migrate_service,
+    )
 
     open_postgres(args.to)  # a clear error for a bad URL or an unreachable server
     settings = ServiceSettings.from_env()
@@ -42,6 +49,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     reports += migrate_knowledge_bases(args.to)
     if args.artifacts:
         reports += migrate_objects(settings, args.artifacts)
+        reports += migrate_runs(settings, args.artifacts)
     rows = [
         {
             "table": r.name,

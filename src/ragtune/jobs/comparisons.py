@@ -182,6 +182,7 @@ def materialize(spec: ComparisonSpec, project: str, ctx: TaskContext, work: Path
     """The comparison's input files, copied out of the object store into ``work/inputs``
     (once: a resumed comparison finds them there, byte for byte the same)."""
     from ragtune.evaluate.formats import parse_format_spec
+    from ragtune.jobs.run_store import open_run_store
 
     inputs = work / "inputs"
     done = inputs / ".complete"
@@ -200,13 +201,17 @@ def materialize(spec: ComparisonSpec, project: str, ctx: TaskContext, work: Path
     fmt = (
         parse_format_spec(spec.format_check, spec.format_instruction) if spec.format_check else None
     )
+    ft_run = ctx.settings.run_dir(spec.fine_tuning_job) if spec.fine_tuning_job else None
+    runs = open_run_store()
+    if ft_run is not None and runs is not None:  # trained on another host: fetched once
+        runs.fetch(ft_run.name, ft_run)
     return CompareInputs(
         questions=questions,
         docs=(docs,) if docs.exists() else (),
         train=train,
         fmt=fmt,
         # A succeeded fine-tuning job: its model is the fine-tuned arms' (not retrained).
-        ft_run=ctx.settings.run_dir(spec.fine_tuning_job) if spec.fine_tuning_job else None,
+        ft_run=ft_run,
     )
 
 

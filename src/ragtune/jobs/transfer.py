@@ -6,8 +6,9 @@ everything back and compare counts and content checksums.
 
 A checksum is the SHA-256 of the records in their stored order, each as canonical JSON, so
 equal checksums mean equal content on both sides: ids, texts, metadata, the bytes of every
-vector (float32) and of every object. Run folders (checkpoints, adapters, merged models) stay
-under RAGTUNE_HOME/serve/runs, which several hosts must share as a mount.
+vector (float32) and of every object. With an artefact store, fine-tuning run folders
+(RAGTUNE_HOME/serve/runs) are copied there too (:mod:`ragtune.jobs.run_store`): a finished run
+whole, an unfinished one as its newest checkpoint, which a worker on any host resumes from.
 """
 
 from __future__ import annotations
@@ -196,6 +197,36 @@ def migrate_objects(settings: ServiceSettings, artifacts: str) -> list[TableRepo
         return out
 
     return [_report("objects", digests(src), digests(dst))]
+
+
+def migrate_runs(settings: ServiceSettings, artifacts: str) -> list[TableReport]:
+    """Every run folder into the artefact store: a finished run published whole, an
+    unfinished one as its checkpoints; compared by each file's SHA-256, the target's computed
+    from the stored bytes."""
+    from ragtune.io import file_sha256
+    from ragtune.jobs.run_store import RunStore, is_finished, model_files
+    from ragtune.tune.checkpoint import list_checkpoints
+
+    if not settings.runs.is_dir():
+        return []
+    store = RunStore(artifacts)
+    source: list[list[str]] = []
+    target: list[list[str]] = []
+    for run_dir in sorted(p for p in settings.runs.iterdir() if p.is_dir()):
+        job_id = run_dir.name
+        found = list_checkpoints(run_dir / "checkpoints")
+        if is_finished(run_dir):
+            if store.published(job_id) is None:
+                store.publish(job_id, run_dir)
+            rels = model_files(run_dir) + [f"checkpoints/{p.name}" for p in found]
+        elif found:
+            store.mirror_checkpoints(job_id, run_dir)
+            rels = [f"checkpoints/{found[-1].name}", "events.jsonl"]
+        else:
+            continue  # a run that never saved a checkpoint has nothing to resume from
+        source += [[job_id, rel, file_sha256(run_dir / rel)] for rel in sorted(rels)]
+        target += [[job_id, rel, sha] for rel, sha in store.stored_files(job_id)]
+    return [_report("runs", source, target)]
 
 
 def migrate_knowledge_bases(url: str) -> list[TableReport]:

@@ -8,6 +8,11 @@ lease runs out another worker claims the job and resumes the run from its last c
 optimizer step, so a cancellation, or the loss of the lease, stops it within one step.
 Only the holder of the current attempt token can write the final status (exactly once).
 
+With ``RAGTUNE_ARTIFACTS`` set, the run folder is also kept in the artefact store
+(:mod:`ragtune.jobs.run_store`): each checkpoint is copied there once saved, a worker on another
+host that takes the job over restores the newest one and resumes from it, and the finished
+run is published before the job is marked succeeded, so every host can serve its model.
+
 When no fine-tuning job waits, the worker ingests vector store files, then runs the task
 table's tasks — comparisons and make-qa generations (:mod:`ragtune.jobs.task_worker`) — with
 the same lease and attempt-token contract.
@@ -29,6 +34,7 @@ from ragtune.errors import RagtuneError
 from ragtune.jobs.backend import Database, open_vector_stores
 from ragtune.jobs.ingestion import Ingester
 from ragtune.jobs.launch import run_torchrun, torchrun_command
+from ragtune.jobs.run_store import open_run_store
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import new_event
@@ -36,6 +42,9 @@ from ragtune.jobs.store import Claim, FileRecord, JobError, JobEvent, JobRecord,
 from ragtune.jobs.task_worker import TaskRunner
 
 log = logging.getLogger(__name__)
+
+
+MIRROR_POLL_S = 1.0  # how often a training worker looks for a new checkpoint to copy
 
 
 def fine_tuned_model_name(base_id: str, suffix: str | None, job_id: str) -> str:
@@ -51,6 +60,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ingester = Ingester(settings, open_vector_stores(settings), objects)
         self.tasks = TaskRunner(settings, db, objects, self.ingester.db, self.id)
+        self.runs = open_run_store()
 
     def run(self, stop: Callable[[], bool], poll_s: float = 0.5) -> None:
         """Claim and run jobs until ``stop()`` is true."""
@@ -123,6 +133,14 @@ class Worker:
                     lost.set()
                     return
 
+        def mirror() -> None:  # each new checkpoint to the artefact store, soon after its save
+            assert self.runs is not None
+            while not beating.wait(MIRROR_POLL_S):
+                try:
+                    self.runs.mirror_checkpoints(job.id, run_dir)
+                except Exception:  # a store hiccup: the next poll tries again
+                    log.exception("job %s: copying checkpoints to the artefact store", job.id)
+
         def should_stop() -> bool:
             return lost.is_set() or stop() or self.db.should_stop(job.id, attempt)
 
@@ -137,12 +155,21 @@ class Worker:
             if job.attempts <= 1
             else f"Fine-tuning job resumed (attempt {job.attempts})",
         )
-        thread = threading.Thread(target=heartbeat, name=f"heartbeat-{job.id}", daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=heartbeat, name=f"heartbeat-{job.id}", daemon=True)]
+        if self.runs is not None:
+            threads.append(threading.Thread(target=mirror, name=f"mirror-{job.id}", daemon=True))
+        for thread in threads:
+            thread.start()
         try:
+            # another host may have trained it: its published run, else its newest checkpoint
+            if self.runs is not None and not self.runs.fetch(job.id, run_dir):
+                step = self.runs.restore_checkpoint(job.id, run_dir)
+                if step is not None:
+                    self._event(job, f"Restored the checkpoint of step {step} from the store")
             manifest = read_manifest(run_dir)
             if manifest is not None and manifest.get("status") == "succeeded":
-                trained = int(manifest["result"]["trained_tokens"])  # finished before a crash
+                status = "succeeded"  # finished before a crash
+                trained = int(manifest["result"]["trained_tokens"])
             else:
                 train_path, valid_path = self._data_paths(job)
                 hp = job.spec["hyperparameters"]
@@ -179,12 +206,17 @@ class Worker:
                         should_stop=should_stop,
                     )
                     status, trained = result.status, result.trained_tokens
-                if status != "succeeded":
-                    self._stopped(claim, lost.is_set(), stop())
-                    return
         finally:
             beating.set()
-            thread.join()
+            for thread in threads:
+                thread.join()
+        if status != "succeeded":
+            if self.runs is not None:  # the checkpoint saved on stopping
+                self.runs.mirror_checkpoints(job.id, run_dir)
+            self._stopped(claim, lost.is_set(), stop())
+            return
+        if self.runs is not None and self.runs.published(job.id) is None:
+            self.runs.publish(job.id, run_dir)  # every host can get the model before it shows
         self._succeed(claim, trained)
 
     def _stopped(self, claim: Claim, lost: bool, shutting_down: bool) -> None:

@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from ragtune import __version__
 from ragtune.jobs.backend import open_backend, open_key_table
 from ragtune.jobs.keys import KeyRing, load_keys
+from ragtune.jobs.run_store import open_run_store
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.serve import errors
 from ragtune.serve.engine import Engine
@@ -49,7 +50,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db, objects = open_backend(settings)
         engine.load()
-        app.state.service = Service(settings, db, objects, engine, keys)
+        app.state.service = Service(settings, db, objects, engine, keys, open_run_store())
         try:
             yield
         finally:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from ragtune.jobs.backend import Database
 from ragtune.jobs.keys import KeyRing
+from ragtune.jobs.run_store import RunStore, is_finished
 from ragtune.jobs.settings import ServiceSettings
-from ragtune.jobs.store import ObjectStore
+from ragtune.jobs.store import JobRecord, ObjectStore
 from ragtune.serve.engine import Engine
 from ragtune.serve.errors import APIError
 
@@ -26,8 +28,26 @@ class Service:
     objects: ObjectStore
     engine: Engine
     keys: KeyRing
+    runs: RunStore | None = None  # run folders in the artefact store (RAGTUNE_ARTIFACTS)
     _embedder: Any = None
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run_dir(self, job: JobRecord) -> Path:
+        """The job's run folder on this host. A succeeded job's is fetched from the artefact
+        store first when this host does not hold it (another host trained it)."""
+        run_dir = self.settings.run_dir(job.id)
+        if self.runs is not None and job.status == "succeeded":
+            self.runs.fetch(job.id, run_dir)
+        return run_dir
+
+    def published(self, job: JobRecord) -> dict[str, Any] | None:
+        """The marker of the job's run in the artefact store when this host does not hold
+        the finished run (its manifest and checkpoints, read without downloading the model)."""
+        if self.runs is None or job.status != "succeeded":
+            return None
+        if is_finished(self.settings.run_dir(job.id)):
+            return None
+        return self.runs.published(job.id)
 
     def embedder(self) -> Any:
         """The embedding model, loaded on first use."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from ragtune.jobs.runs import checkpoints, run_events
+from ragtune.jobs.runs import run_events
 from ragtune.jobs.store import JobRecord, newest_first, page
 from ragtune.serve.errors import APIError, not_found
 from ragtune.serve.protocol.common import list_page
@@ -22,7 +22,7 @@ from ragtune.serve.protocol.fine_tuning import (
     Hyperparameters,
     JobCreateParams,
 )
-from ragtune.serve.routes.models import checkpoint_model
+from ragtune.serve.routes.models import checkpoint_model, run_checkpoints
 from ragtune.serve.state import ProjectDep, Service, ServiceDep
 
 router = APIRouter(tags=["fine_tuning"])
@@ -60,8 +60,11 @@ def _resolved_hyperparameters(service: Service, job: JobRecord) -> dict[str, Any
     """The values ``auto`` became, once the run has started."""
     from ragtune.tune.events import read_manifest
 
+    published = service.published(job)  # another host's run: its manifest, no download
     try:
-        manifest = read_manifest(service.settings.run_dir(job.id))
+        manifest = (
+            published["manifest"] if published else read_manifest(service.settings.run_dir(job.id))
+        )
     except Exception:
         return {}
     if manifest is None:
@@ -202,7 +205,7 @@ def list_events(
 ) -> dict[str, Any]:
     job = _job(service, project, job_id)
     events = newest_first(  # as OpenAI lists them
-        service.db.list_events(job.id), run_events(job.id, service.settings.run_dir(job.id))
+        service.db.list_events(job.id), run_events(job.id, service.run_dir(job))
     )
     chunk, more = page(events, [e.id for e in events], after, limit)
     return list_page(
@@ -241,7 +244,7 @@ def list_checkpoints(
             metrics={**c.metrics, "step": c.step},  # type: ignore[arg-type]
             step_number=c.step,
         ).model_dump()
-        for c in checkpoints(service.settings.run_dir(job.id))
+        for c in run_checkpoints(service, job)
     ]
     chunk, more = page(items, [i["id"] for i in items], after, limit)
     return list_page(chunk, more)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ragtune.jobs.runs import checkpoints
+from ragtune.jobs.runs import RunCheckpoint, checkpoints
 from ragtune.jobs.store import JobRecord
 from ragtune.models import DEFAULT_EMBEDDER_NAME
 from ragtune.serve.errors import APIError, not_found
@@ -57,7 +57,7 @@ def resolve_model(service: Service, project: str, model: str) -> str | None:
     found = _owned_job(service, project, model)
     if found is not None:
         job, step = found
-        run_dir = service.settings.run_dir(job.id)
+        run_dir = service.run_dir(job)  # fetched once from the artefact store if need be
         path = run_dir if step is None else run_dir / "checkpoints" / f"step-{step:08d}.pt"
         if path.exists():
             service.engine.add_model(model, path)
@@ -68,6 +68,22 @@ def resolve_model(service: Service, project: str, model: str) -> str | None:
         "model",
         "model_not_found",
     )
+
+
+def run_checkpoints(service: Service, job: JobRecord) -> list[RunCheckpoint]:
+    """The job's saved checkpoints, newest first: from the run folder, or from the artefact
+    store's record of a run this host does not hold (read without downloading the model)."""
+    published = service.published(job)
+    if published is None:
+        return checkpoints(service.settings.run_dir(job.id))
+    folder = service.settings.run_dir(job.id) / "checkpoints"
+    found = [
+        RunCheckpoint(
+            int(c["step"]), int(c["created_at"]), c["metrics"], folder / f"step-{c['step']:08d}.pt"
+        )
+        for c in published["checkpoints"]
+    ]
+    return sorted(found, key=lambda c: -c.step)
 
 
 def _model(ident: str, created: int) -> dict[str, Any]:
@@ -87,7 +103,7 @@ def list_models(service: ServiceDep, project: ProjectDep) -> dict[str, Any]:
                 ).model_dump()
             )
             # Its saved checkpoints are models too (callable in chat), as in OpenAI's API.
-            for c in checkpoints(service.settings.run_dir(job.id)):
+            for c in run_checkpoints(service, job):
                 ident = checkpoint_model(job, base_id, c.step)
                 data.append(Model(id=ident, created=c.created_at, owned_by=project).model_dump())
     return list_page(data)

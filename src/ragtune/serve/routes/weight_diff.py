@@ -28,7 +28,8 @@ async def job_weight_diff(
         raise APIError(
             409, f"Job {job_id} is {job.status}; the diff needs a succeeded job", "job_id"
         )
-    diff = (await run_in_threadpool(weight_diff, service.settings.run_dir(job.id))).to_dict()
+    run_dir = await run_in_threadpool(service.run_dir, job)  # fetched if another host's
+    diff = (await run_in_threadpool(weight_diff, run_dir)).to_dict()
     # model names, not the server's folders
     diff.update(object="fine_tuning.job.diff", base=job.model, tuned=job.fine_tuned_model)
     diff["modules"] = diff["modules"][: max(top, 0)]
