@@ -13,6 +13,7 @@ from ragtune.ingest.pipeline import ingest
 from ragtune.jobs.backend import open_key_table, open_vector_stores
 from ragtune.jobs.keys import create_key, load_keys
 from ragtune.jobs.objects import LocalObjectStore
+from ragtune.jobs.run_store import RunStore
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.sqlite import SqliteDB, new_event
 from ragtune.jobs.tasks import TaskDB, TaskRecord
@@ -21,6 +22,7 @@ from ragtune.jobs.vector_stores import VectorStoreDB
 from ragtune.retrieve.kb import KnowledgeBase
 from tests.postgres.test_contract import file, job
 from tests.postgres.test_pgstore import write_corpus
+from tests.serve.test_run_store import fake_run
 
 pytestmark = pytest.mark.postgres
 
@@ -77,6 +79,8 @@ def test_migrate_embedded_installation(
     for i, kind in enumerate(("comparison", "make_qa")):
         tasks.add(TaskRecord(f"task-{i}", "p1", kind, 10 + i, {"n": i, "arms": ["ft"]}))
     artifacts = tmp_path / "shared-artifacts"
+    fake_run(settings.run_dir("ftjob-done"), [5, 10], status="succeeded")
+    fake_run(settings.run_dir("ftjob-half"), [2, 3])  # interrupted: resumable from step 3
 
     assert main(["migrate", "--to", pg_url, "--artifacts", f"file://{artifacts}"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -94,11 +98,16 @@ def test_migrate_embedded_installation(
         "kb:kb1:chunks": 12,
         "kb:kb1:documents": 12,
         "objects": 3,
+        "runs": 8,  # the finished run's 4 files and 2 checkpoints; the newest checkpoint
+        # of the other and its events
     }
     assert all(t["source_sha256"] == t["target_sha256"] for t in out["tables"])
     copied = {t["table"]: t for t in out["tables"]}
     assert copied["kb:kb1:chunks"]["source_sha256"] == copied["kb:kb1:chunks"]["target_sha256"]
     assert (artifacts / "k2").read_bytes() == b"object 2" * 3
+    runs = RunStore(f"file://{artifacts}")
+    assert runs.published("ftjob-done") is not None and runs.published("ftjob-half") is None
+    assert runs.restore_checkpoint("ftjob-half", tmp_path / "other-host" / "ftjob-half") == 3
 
     # the installation now runs on PostgreSQL: tables, keys and knowledge bases are there
     monkeypatch.setenv("RAGTUNE_DATABASE_URL", pg_url)

@@ -1,6 +1,8 @@
 """Two `ragtune serve` processes and two `ragtune worker` processes sharing one PostgreSQL
-database (and one artefact folder): every job runs exactly once, and `kill -9` of the worker
-training a job lets the other worker finish it from the last checkpoint."""
+database and one artefact store (RAGTUNE_ARTIFACTS) and nothing else: each has its own
+RAGTUNE_HOME, as on four hosts. Every job runs exactly once; `kill -9` of the worker training a
+job lets the other worker finish it from the last checkpoint in the store, and both servers
+serve the model neither trained."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.tune.checkpoint import list_checkpoints
+from ragtune.jobs.run_store import RunStore
 from tests.postgres.conftest import new_database
 from tests.serve.conftest import chat_rows, jsonl
 
@@ -38,8 +40,9 @@ class Cluster:
     env: dict[str, str]
     servers: list[str]  # base URLs
     workers: list[subprocess.Popen[bytes]]
-    home: Path
+    homes: list[Path]  # the two servers', then the two workers'
     url: str
+    artifacts: str
 
     def client(self, i: int):  # type: ignore[no-untyped-def]
         from openai import OpenAI
@@ -69,11 +72,13 @@ def cluster(
     """Started once for this module (process start-up is the slow part); the kill test runs
     last, as it leaves one worker."""
     pg_url = new_database(pg_server)
-    home = tmp_path_factory.mktemp("shared-home")
+    homes = [tmp_path_factory.mktemp(f"host-{i}") for i in range(5)]  # the last: the CLI's
+    artifacts = tmp_path_factory.mktemp("artifacts").as_uri()
     env = {
         **os.environ,
         "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "RAGTUNE_HOME": str(home),
+        "RAGTUNE_HOME": str(homes[4]),
+        "RAGTUNE_ARTIFACTS": artifacts,
         "RAGTUNE_DATABASE_URL": pg_url,
         "RAGTUNE_API_KEYS": KEY,
         "RAGTUNE_SERVE_MODEL": str(tiny_lm),
@@ -85,16 +90,22 @@ def cluster(
     cmd = [sys.executable, "-m", "ragtune.cli"]
     ports = [free_port(), free_port()]
     servers = [
-        subprocess.Popen([*cmd, "serve", "--workers", "0", "--port", str(p)], env=env)
-        for p in ports
+        subprocess.Popen(
+            [*cmd, "serve", "--workers", "0", "--port", str(p)],
+            env={**env, "RAGTUNE_HOME": str(homes[i])},
+        )
+        for i, p in enumerate(ports)
     ]
-    workers = [subprocess.Popen([*cmd, "worker"], env=env) for _ in range(2)]
+    workers = [
+        subprocess.Popen([*cmd, "worker"], env={**env, "RAGTUNE_HOME": str(homes[2 + i])})
+        for i in range(2)
+    ]
     try:
         bases = [f"http://127.0.0.1:{p}/v1" for p in ports]
         deadline = time.time() + 180
         for base, proc in zip(bases, servers, strict=True):
             wait_ready(base, proc, deadline)
-        yield Cluster(env, bases, workers, home, pg_url)
+        yield Cluster(env, bases, workers, homes[:4], pg_url, artifacts)
     finally:
         for p in [*servers, *workers]:
             if p.poll() is None:
@@ -195,7 +206,7 @@ def test_a_file_added_through_one_server_is_searched_on_the_other(cluster: Clust
         found = json.loads(r.read())
     assert found["data"][0]["file_id"] == ids["volcano.txt"]
     assert db_rows(c.url, "SELECT count(*) FROM kb_manifests WHERE kb = %s", (store.id,)) == [(1,)]
-    assert not (c.home / "kb" / store.id).exists()  # not in any host's local folder
+    assert not any((h / "kb" / store.id).exists() for h in c.homes)  # in no host's folder
 
 
 def test_a_key_created_on_one_host_is_honoured_by_both_servers(cluster: Cluster) -> None:
@@ -206,7 +217,7 @@ def test_a_key_created_on_one_host_is_honoured_by_both_servers(cluster: Cluster)
     key = made.stdout.strip().splitlines()[-1]
     assert key.startswith("sk-rt-")
     assert db_rows(cluster.url, "SELECT project FROM api_keys") == [("team-x",)]
-    assert not (cluster.home / "serve" / "keys.json").exists()  # the hash is in PostgreSQL only
+    assert not (Path(cluster.env["RAGTUNE_HOME"]) / "serve" / "keys.json").exists()  # in PG only
     clients = [
         OpenAI(base_url=base, api_key=key, max_retries=0, timeout=60) for base in cluster.servers
     ]
@@ -222,15 +233,15 @@ def test_a_key_created_on_one_host_is_honoured_by_both_servers(cluster: Cluster)
 def test_kill_9_of_the_training_worker_resumes_from_checkpoint(cluster: Cluster) -> None:
     c = cluster
     f = c.client(1).files.create(file=("t.jsonl", jsonl(chat_rows())), purpose="fine-tune")
-    job_id = create_job(c, 0, f.id, epochs=6, batch=1)  # 60 steps, a checkpoint every 10
-    checkpoints = c.home / "serve" / "runs" / job_id / "checkpoints"
+    job_id = create_job(c, 0, f.id, epochs=12, batch=1)  # 120 steps, a checkpoint every 10
+    store = RunStore(c.artifacts)
     deadline = time.time() + 180
     holder: str | None = None
     while time.time() < deadline:
         rows = db_rows(c.url, "SELECT status, worker FROM jobs WHERE id = %s", (job_id,))
         status, holder = str(rows[0][0]), rows[0][1]  # type: ignore[assignment]
         assert status not in ("succeeded", "failed", "cancelled"), "finished before the kill"
-        if status == "running" and list_checkpoints(checkpoints):
+        if status == "running" and store.checkpoint_steps(job_id):  # one reached the store
             break
         time.sleep(0.05)
     assert holder is not None
@@ -244,12 +255,25 @@ def test_kill_9_of_the_training_worker_resumes_from_checkpoint(cluster: Cluster)
     assert log.count("The job has successfully completed") == 1
     rows = db_rows(c.url, "SELECT attempts, worker FROM jobs WHERE id = %s", (job_id,))
     attempts, finisher = rows[0]
-    assert int(attempts) >= 2 and int(str(finisher).split(":")[1]) != pid  # type: ignore[call-overload]
+    finisher_pid = int(str(finisher).split(":")[1])
+    assert int(attempts) >= 2 and finisher_pid != pid  # type: ignore[call-overload]
+    home = c.homes[2 + [w.pid for w in c.workers].index(finisher_pid)]  # its own folder
     run_events = [
         json.loads(line)
-        for line in (c.home / "serve" / "runs" / job_id / "events.jsonl").read_text().splitlines()
+        for line in (home / "serve" / "runs" / job_id / "events.jsonl").read_text().splitlines()
     ]
     resumed = [e for e in run_events if str(e.get("message", "")).startswith("Resumed from step")]
-    assert resumed and all(int(e["step"]) >= 10 for e in resumed), resumed
+    assert resumed and all(int(e["step"]) >= 10 for e in resumed), resumed  # not from 0
+    assert f"Restored the checkpoint of step {resumed[0]['step']} from the store" in log
     job = c.client(0).fine_tuning.jobs.retrieve(job_id)
     assert len(job.result_files) == 1
+    # neither server's host trained it: each fetches the run from the store, then answers
+    for i in (0, 1):
+        assert not (c.homes[i] / "serve" / "runs" / job_id).exists()
+        reply = c.client(i).chat.completions.create(
+            model=str(job.fine_tuned_model),
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=3,
+        )
+        assert reply.model == job.fine_tuned_model
+        assert (c.homes[i] / "serve" / "runs" / job_id / "merged").is_dir()
