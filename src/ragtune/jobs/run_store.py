@@ -108,6 +108,8 @@ class RunStore:
         """Every file of a marker into ``dest`` (relative paths kept), each checked against
         its size and SHA-256; :class:`SnapshotDamaged` when one is missing or differs."""
         for rel, info in sorted(files.items()):
+            if any(p.startswith("/") or ".." in Path(p).parts for p in (rel, info["key"])):
+                raise SnapshotDamaged(f"{rel}: a path outside the run")
             path = dest / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             source = f"{self._job(job_id)}/{info['key']}"

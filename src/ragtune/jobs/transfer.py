@@ -212,7 +212,9 @@ def migrate_runs(settings: ServiceSettings, artifacts: str) -> list[TableReport]
     store = RunStore(artifacts)
     source: list[list[str]] = []
     target: list[list[str]] = []
-    for run_dir in sorted(p for p in settings.runs.iterdir() if p.is_dir()):
+    for run_dir in sorted(settings.runs.iterdir()):
+        if not run_dir.is_dir() or run_dir.name.startswith("."):  # fetches under way
+            continue
         job_id = run_dir.name
         found = list_checkpoints(run_dir / "checkpoints")
         if is_finished(run_dir):
@@ -221,7 +223,8 @@ def migrate_runs(settings: ServiceSettings, artifacts: str) -> list[TableReport]
             rels = model_files(run_dir) + [f"checkpoints/{p.name}" for p in found]
         elif found:
             store.mirror_checkpoints(job_id, run_dir)
-            rels = [f"checkpoints/{found[-1].name}", "events.jsonl"]
+            rels = [f"checkpoints/{found[-1].name}"]
+            rels += ["events.jsonl"] if (run_dir / "events.jsonl").exists() else []
         else:
             continue  # a run that never saved a checkpoint has nothing to resume from
         source += [[job_id, rel, file_sha256(run_dir / rel)] for rel in sorted(rels)]

@@ -211,7 +211,7 @@ class Worker:
             for thread in threads:
                 thread.join()
         if status != "succeeded":
-            if self.runs is not None:  # the checkpoint saved on stopping
+            if self.runs is not None and not lost.is_set():  # the checkpoint saved on stopping
                 self.runs.mirror_checkpoints(job.id, run_dir)
             self._stopped(claim, lost.is_set(), stop())
             return
