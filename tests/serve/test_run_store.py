@@ -165,3 +165,27 @@ def test_a_fetch_that_fails_leaves_nothing(store: RunStore, tmp_path: Path) -> N
         store.fetch(JOB, b)
     assert not b.exists()
     assert [p.name for p in b.parent.iterdir()] == [f".{JOB}.lock"]
+
+
+def test_a_damaged_run_is_a_clear_api_error(store: RunStore, tmp_path: Path) -> None:
+    """A server asked for a model whose stored files are damaged answers 503 with a message
+    naming the job and the store, not a bare 500."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from ragtune.serve.errors import APIError
+    from ragtune.serve.state import Service
+
+    a = fake_run(tmp_path / "a" / JOB, [5], status="succeeded")
+    store.publish(JOB, a)
+    published = store.published(JOB)
+    assert published is not None
+    key = published["files"]["merged/model.safetensors"]["key"]
+    store.fs.pipe_file(f"{store.root}/{JOB}/{key}", b"tampered")
+    settings = SimpleNamespace(run_dir=lambda job_id: tmp_path / "b" / job_id)
+    none = cast(Any, None)
+    service = Service(cast(Any, settings), none, none, none, none, runs=store)
+    with pytest.raises(APIError) as err:
+        service.run_dir(cast(Any, SimpleNamespace(id=JOB, status="succeeded")))
+    assert err.value.status == 503
+    assert JOB in err.value.message and "differs" in err.value.message

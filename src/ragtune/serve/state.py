@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Request
 
 from ragtune.jobs.backend import Database
 from ragtune.jobs.keys import KeyRing
-from ragtune.jobs.run_store import RunStore, is_finished
+from ragtune.jobs.run_store import RunStore, SnapshotDamaged, is_finished
 from ragtune.jobs.settings import ServiceSettings
 from ragtune.jobs.store import JobRecord, ObjectStore
 from ragtune.serve.engine import Engine
@@ -37,7 +37,15 @@ class Service:
         store first when this host does not hold it (another host trained it)."""
         run_dir = self.settings.run_dir(job.id)
         if self.runs is not None and job.status == "succeeded":
-            self.runs.fetch(job.id, run_dir)
+            try:
+                self.runs.fetch(job.id, run_dir)
+            except (SnapshotDamaged, OSError) as exc:
+                raise APIError(
+                    503,
+                    f"The model of fine-tuning job {job.id} could not be fetched from the "
+                    f"artefact store ({exc}); check RAGTUNE_ARTIFACTS on this host",
+                    code="model_unavailable",
+                ) from None
         return run_dir
 
     def published(self, job: JobRecord) -> dict[str, Any] | None:
