@@ -28,7 +28,7 @@ ADAPTER = Path("adapter", "adapter_model.safetensors")
 MERGED = Path("merged", "model.safetensors")
 
 
-def _data(tmp_path: Path) -> tuple[Path, Path]:
+def fsdp_data(tmp_path: Path) -> tuple[Path, Path]:
     # 13 examples in batches of 4 (the last has one row: one rank computes a zero-weighted
     # share) and micro-batches of at most 76 padded tokens: in two steps the ranks' shares
     # need 2 and 1 forward passes, which FSDP pads to the same count; the 3 validation
@@ -39,12 +39,12 @@ def _data(tmp_path: Path) -> tuple[Path, Path]:
     return write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "v.jsonl", valid)
 
 
-def _settings(tiny_lm: Path, method: str) -> dict[str, Any]:
+def tune_settings(tiny_lm: Path, method: str) -> dict[str, Any]:
     return dict(base=str(tiny_lm), method=method, epochs=2, batch_size=4, lr_multiplier=10,
                 lora_dropout=0.0, micro_batch_tokens=76, dtype="float32")  # fmt: skip
 
 
-def _flags(settings: dict[str, Any]) -> list[str]:
+def cli_flags(settings: dict[str, Any]) -> list[str]:
     flags = {"base": "--base", "method": "--method", "epochs": "--epochs",
              "batch_size": "--batch-size", "lr_multiplier": "--lr-multiplier",
              "lora_dropout": "--lora-dropout", "micro_batch_tokens": "--micro-batch-tokens",
@@ -77,11 +77,11 @@ def _as_interrupted(src: Path, dst: Path, keep_step: int) -> Path:
 def test_fsdp_lora_follows_one_process_and_its_checkpoint_resumes_in_one(
     tiny_lm: Path, tmp_path: Path
 ) -> None:
-    data, valid = _data(tmp_path)
-    settings = _settings(tiny_lm, "lora")
+    data, valid = fsdp_data(tmp_path)
+    settings = tune_settings(tiny_lm, "lora")
     launch = torchrun(
         TWO_RANKS,
-        [*_flags(settings), "--data", str(data), "--validation", str(valid), "--parallel",
+        [*cli_flags(settings), "--data", str(data), "--validation", str(valid), "--parallel",
          "fsdp", "--out", str(tmp_path / "fsdp")],
     )  # fmt: skip
     single = train(data, tmp_path / "single", validation=valid, **settings)
@@ -121,8 +121,8 @@ def test_fsdp_lora_follows_one_process_and_its_checkpoint_resumes_in_one(
 def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint(
     tiny_lm: Path, tmp_path: Path
 ) -> None:
-    data, _ = _data(tmp_path)
-    settings = _settings(tiny_lm, "full")
+    data, _ = fsdp_data(tmp_path)
+    settings = tune_settings(tiny_lm, "full")
     whole = train(data, tmp_path / "whole", **settings)
     steps: list[int] = []
     stopped = train(
@@ -133,7 +133,7 @@ def test_fsdp_full_fine_tuning_resumes_a_one_process_checkpoint(
         **settings,
     )
     assert stopped.status == "interrupted" and stopped.steps == 2
-    args = [*_flags(settings), "--data", str(data), "--parallel", "fsdp", "--resume"]
+    args = [*cli_flags(settings), "--data", str(data), "--parallel", "fsdp", "--resume"]
     finish(torchrun(TWO_RANKS, [*args, "--out", str(tmp_path / "split")]))
     manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["result"]["steps"] == whole.steps

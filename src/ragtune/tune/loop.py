@@ -219,6 +219,14 @@ def train(
             "created_at": _now(),
         }
         state = open_run_dir(run_dir, manifest, resume)
+        # Every rank reads the checkpoint, rank 0 writes: on several hosts ``out`` must be
+        # storage they all share (an NFS folder, say), which this checks.
+        found = all_gather_objects(state["step"] if state else None, dist)
+        if len(set(found)) > 1:
+            raise RagtuneError(
+                f"The ranks see different checkpoints in {run_dir} (steps {found})",
+                "on several hosts, --out must be a folder every host shares",
+            )
         barrier(dist)  # every rank has looked at the folder before rank 0 writes to it
         events = EventLog(run_dir / "events.jsonl", enabled=dist.is_main)
         if dist.is_main:
