@@ -1,5 +1,6 @@
-"""A fine-tuning job that asks for two processes (``ragtune: {nproc_per_node: 2}``) is trained
-by the worker under torchrun (DDP, gloo on CPU) and follows the one-process loss curve."""
+"""A fine-tuning job that asks for two processes (``ragtune: {nproc_per_node: 2}``, with
+``parallel: fsdp`` or the default ddp) is trained by the worker under torchrun (gloo on
+CPU) and follows the one-process loss curve."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from openai.types.fine_tuning import FineTuningJob
 
 from ragtune.jobs.launch import torchrun_command, torchrun_log
 from ragtune.jobs.settings import ServiceSettings
+from ragtune.tune.events import read_manifest
 from ragtune.tune.loop import train
 from tests.serve.conftest import Served, chat_rows, jsonl
 from tests.tune.conftest import read_metrics
@@ -19,8 +21,9 @@ from tests.tune.test_ddp import RTOL
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_a_two_process_job_runs_under_torchrun_like_one_process(
-    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: str
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -40,7 +43,7 @@ def test_a_two_process_job_runs_under_torchrun_like_one_process(
             "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
         },
         "training_type": "full",  # no dropout: two ranks and one process see the same math
-        "ragtune": {"nproc_per_node": 2},
+        "ragtune": {"nproc_per_node": 2, "parallel": parallel},
     }
     created = served.client.post("/v1/fine_tuning/jobs", json=body, headers=served.headers())
     assert created.status_code == 200, created.text
@@ -55,9 +58,13 @@ def test_a_two_process_job_runs_under_torchrun_like_one_process(
     events = served.client.get(
         f"/v1/fine_tuning/jobs/{job.id}/events?limit=100", headers=served.headers()
     ).json()["data"]
-    assert "Training on 2 processes (torchrun, DDP)" in [e["message"] for e in events]
+    assert f"Training on 2 processes (torchrun, {parallel.upper()})" in [
+        e["message"] for e in events
+    ]
     run_dir = served.settings.run_dir(job.id)
     assert torchrun_log(run_dir).exists()
+    manifest = read_manifest(run_dir)
+    assert manifest is not None and manifest["hyperparameters"]["parallel"] == parallel
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(jsonl(rows))
@@ -89,3 +96,4 @@ def test_processes_per_job_come_from_the_job_or_the_worker() -> None:
     )
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
     assert cmd[cmd.index("--epochs") + 1] == "3" and "--batch-size" not in cmd
+    assert cmd[cmd.index("--parallel") + 1] == "ddp"

@@ -1,7 +1,8 @@
 """Running a fine-tuning job on several devices: the worker launches ``torchrun`` (PyTorch's
 elastic launcher) with ``ragtune tune`` as the program, one process per device
-(DistributedDataParallel: gloo on CPU, NCCL with one GPU per process; see
-:mod:`ragtune.tune.distributed`). The run folder is the same as for one process, so a
+(DistributedDataParallel, or FSDP when the job asks for ``parallel: fsdp``: gloo on CPU,
+NCCL with one GPU per process; see :mod:`ragtune.tune.distributed` and
+:mod:`ragtune.tune.sharding`). The run folder is the same as for one process, so a
 checkpoint written under torchrun resumes under torchrun or in one process alike.
 
 Stopping: when the job is cancelled or its lease is lost the worker sends SIGTERM to
@@ -35,13 +36,14 @@ def torchrun_command(
     seed: int,
     hyperparameters: dict[str, Any],
     device: str,
+    parallel: str = "ddp",
 ) -> list[str]:
     """``torchrun --standalone --nproc-per-node N -m ragtune.cli tune …`` for a job."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc-per-node={nproc}", "-m", "ragtune.cli", "tune"]
     cmd += ["--data", str(train_path), "--out", str(run_dir), "--method", method]
     cmd += ["--base", base, "--seed", str(seed), "--device", device, "--dtype", "float32"]
-    cmd += ["--resume"]
+    cmd += ["--parallel", parallel, "--resume"]
     if valid_path is not None:
         cmd += ["--validation", str(valid_path)]
     for flag, key in (

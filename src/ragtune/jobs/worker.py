@@ -148,7 +148,10 @@ class Worker:
                 hp = job.spec["hyperparameters"]
                 nproc = self.settings.processes_for(job.spec.get("nproc_per_node"))
                 if nproc > 1:
-                    self._event(job, f"Training on {nproc} processes (torchrun, DDP)")
+                    parallel = job.spec.get("parallel") or "ddp"
+                    self._event(
+                        job, f"Training on {nproc} processes (torchrun, {parallel.upper()})"
+                    )
                     cmd = torchrun_command(
                         nproc,
                         run_dir,
@@ -159,6 +162,7 @@ class Worker:
                         job.seed,
                         hp,
                         self.settings.device,
+                        parallel,
                     )
                     status, trained = run_torchrun(cmd, run_dir, should_stop)
                 else:

@@ -33,6 +33,9 @@ class RagtuneOptions(BaseModel):
     # data-parallel processes (torchrun DDP: gloo on CPU, one GPU each with NCCL); None: the
     # worker's setting (RAGTUNE_TRAIN_NPROC, by default all its GPUs, else one process)
     nproc_per_node: int | None = Field(default=None, ge=1, le=64)
+    # how those processes share the model: ddp (each holds all of it) or fsdp (parameters,
+    # gradients and optimizer state sharded across them, for models one device cannot hold)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
 
 class JobCreateParams(BaseModel):
