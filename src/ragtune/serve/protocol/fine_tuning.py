@@ -36,6 +36,9 @@ class RagtuneOptions(BaseModel):
     # how those processes share the model: ddp (each holds all of it) or fsdp (parameters,
     # gradients and optimizer state sharded across them, for models one device cannot hold)
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    # hosts the job trains on, nproc_per_node processes each: the worker that claims it is
+    # node 0 and other workers join (see ragtune.jobs.nodes); None: one host
+    nnodes: int | None = Field(default=None, ge=1, le=64)
 
 
 class JobCreateParams(BaseModel):
