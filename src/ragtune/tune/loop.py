@@ -45,8 +45,8 @@ from ragtune.tune.parts import copy_trainable, evaluate, load_model, peak_memory
 from ragtune.tune.rundir import data_record, open_run_dir
 from ragtune.tune.sharding import (
     Parallel,
-    full,
     full_optimizer_state,
+    full_state,
     set_gradient_sync,
     shard,
     shard_optimizer_state,
@@ -251,12 +251,13 @@ def train(
         model = new_model(seed)
         if state is not None:
             copy_trainable(model, state["trainable"])
-        model.to(dev)
         model.train()
-        loss_module = LabelledLoss(model, compute_dtype=compute_dtype)
         fsdp = dist.enabled and parallel == "fsdp"
+        loss_module = LabelledLoss(model, compute_dtype=compute_dtype, cache_head=not fsdp)
         if fsdp:
-            shard(loss_module, model)
+            shard(loss_module, model, dev)  # moves one layer at a time to the device
+        else:
+            model.to(dev)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
         # --- 4. Optimizer and schedule; restore everything from a checkpoint when resuming.
@@ -295,8 +296,8 @@ def train(
             payload = {
                 "epoch": epoch,
                 "batch": batch,
-                "trainable": {n: full(p) for n, p in trainable.items()},
-                "optimizer": full_optimizer_state(optimizer),
+                "trainable": full_state(trainable, keep=dist.is_main),
+                "optimizer": full_optimizer_state(optimizer, keep=dist.is_main),
                 "scheduler": scheduler.state_dict(),
                 "rng": all_gather_objects(ckpt.rng_state(), dist),
                 "counters": {**counters, "wall_time_s": counters["wall_time_s"] + session_s()},
@@ -451,7 +452,7 @@ def train(
         # rank 0 puts the gathered weights into a fresh, unsharded copy of the model.
         paths: dict[str, str] = {}
         if fsdp:
-            weights = {n: full(p) for n, p in trainable.items()}
+            weights = full_state(trainable, keep=dist.is_main)
             model = new_model(seed) if dist.is_main else None
             if model is not None:
                 copy_trainable(model, weights)

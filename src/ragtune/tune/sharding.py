@@ -15,6 +15,7 @@ run shards them again, so a checkpoint moves freely between FSDP, DDP and one pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -38,36 +39,48 @@ def decoder_layers(model: Any) -> list[nn.Module]:
     return list(layers)
 
 
-def shard(root: nn.Module, model: Any) -> None:
-    """``fully_shard`` each decoder layer of ``model``, then ``root`` (which holds ``model``).
+def shard(root: nn.Module, model: Any, device: torch.device) -> None:
+    """``fully_shard`` each decoder layer of ``model``, then ``root`` (which holds ``model``),
+    over all ranks of the process group, on ``device``.
 
-    The module's parameters are replaced by sharded DTensors: look them up again afterwards.
+    ``model`` may still be on the CPU: each call moves one unit's parameters to ``device``
+    and keeps this rank's shard, so no device ever holds the whole model. The parameters are
+    replaced by sharded DTensors: look them up again afterwards.
     """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(root)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh)
 
 
-def full(t: torch.Tensor) -> torch.Tensor:
-    """A tensor's full value on the CPU (a sharded DTensor is all-gathered: every rank must
-    call this for the same tensors in the same order)."""
+def full_state(tensors: Mapping[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors' full values on the CPU. Sharded DTensors are all-gathered one at a time,
+    so every rank must call this for the same tensors in the same order; only ranks with
+    ``keep`` (the one that writes) hold on to the results, the others return ``{}``."""
     from torch.distributed.tensor import DTensor
 
-    if isinstance(t, DTensor):
-        t = t.full_tensor()
-    return t.detach().cpu()
+    out = {}
+    for name, t in tensors.items():
+        if isinstance(t, DTensor):
+            t = t.full_tensor()
+        if keep:
+            out[name] = t.detach().cpu()
+    return out
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with every sharded tensor gathered: the one-process format."""
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded tensor gathered: the one-process format
+    (``{}`` on ranks without ``keep``, see :func:`full_state`)."""
     sd = optimizer.state_dict()
-    state = {
-        i: {k: full(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-        for i, s in sd["state"].items()
-    }
-    return {**sd, "state": state}
+    state = {}
+    for i, s in sd["state"].items():
+        tensors = {k: v for k, v in s.items() if isinstance(v, torch.Tensor)}
+        state[i] = {**s, **full_state(tensors, keep)}
+    return {**sd, "state": state} if keep else {}
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
