@@ -82,6 +82,47 @@ def run_worker(spec: dict[str, Any]) -> None:
     (Path(spec["work"]) / f"rank-{rank}.json").write_text(json.dumps(out))
 
 
+def state_bytes(spec: dict[str, Any]) -> None:
+    """One rank: shard the model as ``ragtune tune --parallel fsdp`` does (or not, in one
+    process), take one AdamW step on a short sequence, and write the bytes this rank holds
+    in parameters, gradients and optimizer state (a DTensor counts its local shard)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from ragtune.models import resolve_lm
+    from ragtune.tune.loss import LabelledLoss
+    from ragtune.tune.parts import load_model
+    from ragtune.tune.sharding import shard
+
+    method, _, nproc = ARMS[spec["arm"]]
+    model = load_model(resolve_lm(spec["model"]), method, 16, 32, 0.0, spec["seed"])
+    loss_module = LabelledLoss(model)
+    if nproc > 1:
+        dist.init_process_group("gloo")
+        shard(loss_module, model, torch.device("cpu"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    ids = torch.arange(10, 42)[None]  # (1, 32)
+    loss_module(ids, torch.ones_like(ids), ids)[0].backward()
+    optimizer.step()
+
+    def nbytes(tensors: Any) -> int:
+        local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+        return sum(t.numel() * t.element_size() for t in local)
+
+    moments = [v for s in optimizer.state.values() for v in s.values() if v.dim() > 0]
+    out = {
+        "rank": int(os.environ.get("RANK", "0")),
+        "parameter_bytes": nbytes(model.parameters()),
+        "gradient_bytes": nbytes(p.grad for p in trainable if p.grad is not None),
+        "optimizer_state_bytes": nbytes(moments),
+    }
+    (Path(spec["work"]) / f"state-{out['rank']}.json").write_text(json.dumps(out))
+    if nproc > 1:
+        dist.destroy_process_group()
+
+
 def prepare(args: argparse.Namespace, work: Path) -> Path:
     from transformers import AutoTokenizer
 
@@ -108,11 +149,27 @@ def run_arm(arm: str, args: argparse.Namespace, data: Path, work: Path) -> dict[
         "lr_multiplier": args.lr_multiplier,
         "seed": args.seed,
     }
+    (work / arm).mkdir(parents=True, exist_ok=True)
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     t0 = time.time()
+    state = subprocess.run(
+        [*launcher, __file__, "--state-bytes", json.dumps(spec)],
+        env={**os.environ, "OMP_NUM_THREADS": threads},
+        capture_output=True,
+        text=True,
+    )
+    states = sorted(
+        (json.loads(p.read_text()) for p in (work / arm).glob("state-*.json")),
+        key=lambda r: r["rank"],
+    )
+    if state.returncode != 0 or len(states) != nproc:
+        sys.stderr.write(state.stdout[-2000:] + state.stderr[-4000:])
+        raise SystemExit(f"arm {arm}: state bytes failed (exit {state.returncode})")
+    if args.state_only:
+        return {"processes": nproc, "state_bytes_per_rank": states}
     proc = subprocess.run(
         [*launcher, __file__, "--worker", json.dumps(spec)],
         env={**os.environ, "OMP_NUM_THREADS": threads},
@@ -129,6 +186,7 @@ def run_arm(arm: str, args: argparse.Namespace, data: Path, work: Path) -> dict[
     peaks = [r["peak_memory_bytes"] for r in ranks]
     return {
         "processes": nproc,
+        "state_bytes_per_rank": states,
         "peak_memory_bytes_per_rank": peaks,
         "max_peak_memory_bytes": max(peaks),
         "memory_kind": ranks[0]["memory_kind"],
@@ -148,12 +206,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument(
+        "--state-only",
+        action="store_true",
+        help="only count each rank's parameter, gradient and optimizer-state bytes",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one rank of one arm
+    p.add_argument("--state-bytes", help=argparse.SUPPRESS)  # internal: one rank's state
     args = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
         run_worker(json.loads(args.worker))
+        return
+    if args.state_bytes:
+        state_bytes(json.loads(args.state_bytes))
         return
 
     arms = [a for a in args.arms.split(",") if a]
@@ -167,8 +234,12 @@ def main() -> None:
         results = {}
         for arm in arms:
             results[arm] = run_arm(arm, args, data, work)
-            gib = [f"{b / 2**30:.2f}" for b in results[arm]["peak_memory_bytes_per_rank"]]
-            print(f"{arm}: peak per rank {', '.join(gib)} GiB", file=sys.stderr)
+            states = results[arm]["state_bytes_per_rank"]
+            mib = [f"{sum(v for k, v in r.items() if k != 'rank') / 2**20:.0f}" for r in states]
+            print(
+                f"{arm}: parameters + gradients + Adam per rank {', '.join(mib)} MiB",
+                file=sys.stderr,
+            )
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -183,10 +254,13 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    print(
-        "peak memory per rank (max over ranks): "
-        + "; ".join(f"{a} {r['max_peak_memory_bytes'] / 2**30:.2f} GiB" for a, r in results.items())
-    )
+    if not args.state_only:
+        print(
+            "peak memory per rank (max over ranks): "
+            + "; ".join(
+                f"{a} {r['max_peak_memory_bytes'] / 2**30:.2f} GiB" for a, r in results.items()
+            )
+        )
 
 
 if __name__ == "__main__":
