@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +77,41 @@ def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int
             pad_token_id=tokenizer.pad_token_id,
         )
     return str(tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)).strip()
+
+
+def torchrun(launch: list[str], tune_args: list[str]) -> subprocess.Popen[str]:
+    """``torchrun LAUNCH -m ragtune.cli tune TUNE_ARGS`` in its own process group (one
+    thread per rank); wait for it with :func:`finish`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "ragtune.cli", "tune"]
+    return subprocess.Popen(
+        [*cmd, *tune_args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
+    """Wait for a :func:`torchrun` launch and check it succeeded; on timeout kill its whole
+    process group (the launcher and every rank), so a hung collective never hangs the tests."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout} s:\n{out[-3000:]}") from None
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def worst_relative_difference(a: Path, b: Path) -> float:
+    """The largest relative Frobenius-norm difference between same-named tensors of two
+    safetensors files. Adam divides by sqrt(v): where a gradient is ~0, rounding-level
+    differences can flip an update's sign, so weights are compared as whole tensors."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).norm() / wa[k].norm()) for k in wa)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from ragtune.tune.loop import train
-from tests.tune.conftest import FACTS, chat_row, read_metrics, write_jsonl
+from tests.tune.conftest import (
+    FACTS,
+    chat_row,
+    finish,
+    read_metrics,
+    torchrun,
+    worst_relative_difference,
+    write_jsonl,
+)
 
 # Two ranks sum their halves of each batch's gradient in a different order, with other
 # padding, than one process does; in float32 that moves losses by ~1e-7 relative (measured:
@@ -30,16 +33,9 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_lm: Path, tmp_path
     args = ["--data", str(data), "--base", str(tiny_lm), "--method", "lora", "--epochs", "2",
             "--batch-size", "4", "--lr-multiplier", "10", "--lora-dropout", "0",
             "--dtype", "float32"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    proc = subprocess.run(
-        [*cmd, "-m", "ragtune.cli", "tune", *args, "--out", str(tmp_path / "ddp")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    finish(
+        torchrun(["--standalone", "--nproc-per-node", "2"], [*args, "--out", str(tmp_path / "ddp")])
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     train(
         data,
         tmp_path / "single",
@@ -55,9 +51,6 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_lm: Path, tmp_path
     assert len(one) == len(two) == 8
     assert all(abs(a - b) <= RTOL * a for a, b in zip(one, two, strict=True)), (one, two)
     assert one[-1] < one[0]
-    w1 = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
-    w2 = load_file(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors")
-    # Adam divides by sqrt(v): where a gradient is ~0, rounding-level differences can flip
-    # an update's sign, so weights are compared as whole tensors (relative Frobenius norm).
-    worst = max(float((w1[k] - w2[k]).norm() / w1[k].norm()) for k in w1)
+    adapter = Path("adapter", "adapter_model.safetensors")
+    worst = worst_relative_difference(tmp_path / "single" / adapter, tmp_path / "ddp" / adapter)
     assert worst < WEIGHT_RTOL

@@ -54,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
         description="Fine-tune the base model on chat JSONL, prompt/completion JSONL or plain "
         "documents. Ctrl-C (or SIGTERM) finishes the current step and saves a checkpoint; "
         "run the same command with --resume to continue. Under torchrun every rank trains "
-        "its share of each batch (DistributedDataParallel).",
+        "its share of each batch (DistributedDataParallel, or FSDP with --parallel fsdp).",
     )
     p.add_argument("--data", required=True, type=Path, help="training file or folder")
     p.add_argument("--validation", type=Path, help="validation file (same formats)")
@@ -77,6 +77,13 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
         type=int,
         default=2048,
         help="padded tokens per forward pass (gradient accumulation splits larger batches)",
+    )
+    p.add_argument(
+        "--parallel",
+        choices=["ddp", "fsdp"],
+        default="ddp",
+        help="under torchrun: ddp (each rank holds the whole model) or fsdp (parameters, "
+        "gradients and optimizer state sharded across ranks); ignored in one process",
     )
     p.add_argument("--device", default=gen.device, help="auto, cpu or cuda")
     add_dtype_arg(p, "training (bfloat16: mixed precision, float32 weights and loss)", gen.dtype)
@@ -202,6 +209,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             resume=args.resume,
             device=args.device,
             dtype=args.dtype,
+            parallel=args.parallel,
             on_step=on_step,
             should_stop=stop,
         )

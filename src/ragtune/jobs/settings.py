@@ -4,7 +4,8 @@ environment (so ``ragtune serve`` and the ``ragtune worker`` processes it starts
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragtune.config import ragtune_home
@@ -37,6 +38,8 @@ class ServiceSettings:
     lease_s: float = DEFAULT_LEASE_S
     max_waiting_jobs: int = DEFAULT_MAX_WAITING
     train_nproc: str = "auto"  # processes per training job: N, or auto (all GPUs, else 1)
+    # the address other workers reach this one at (node 0 of a multi-node training job)
+    worker_addr: str = field(default_factory=socket.gethostname)
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -51,6 +54,7 @@ class ServiceSettings:
             lease_s=_number("RAGTUNE_LEASE_SECONDS", DEFAULT_LEASE_S),
             max_waiting_jobs=int(_number("RAGTUNE_MAX_WAITING_JOBS", DEFAULT_MAX_WAITING)),
             train_nproc=env("RAGTUNE_TRAIN_NPROC", "auto"),
+            worker_addr=env("RAGTUNE_WORKER_ADDR") or socket.gethostname(),
         )
 
     def processes_for(self, requested: int | None) -> int:

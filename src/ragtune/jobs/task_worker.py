@@ -101,6 +101,10 @@ def task_function(kind: str) -> TaskFunction:
         from ragtune.jobs.make_qa import run_make_qa_task
 
         return run_make_qa_task
+    if kind == "train_node":
+        from ragtune.jobs.nodes import run_node_task
+
+        return run_node_task
     raise RagtuneError(f"Unknown task kind {kind!r}")
 
 

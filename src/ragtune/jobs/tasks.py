@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ragtune.jobs.store import JobError, dumps, loads
 
-TaskKind = Literal["comparison", "make_qa"]
+TaskKind = Literal["comparison", "make_qa", "train_node"]
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TASK_TERMINAL: tuple[TaskStatus, ...] = ("succeeded", "failed", "cancelled")
 
@@ -78,7 +78,8 @@ class TaskClaim:
 
 
 def new_task_id(kind: TaskKind) -> str:
-    return f"{'cmp' if kind == 'comparison' else 'qajob'}-{uuid.uuid4().hex[:24]}"
+    prefix = {"comparison": "cmp", "make_qa": "qajob", "train_node": "node"}[kind]
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 class TaskDB:

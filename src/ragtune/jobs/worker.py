@@ -33,7 +33,8 @@ from typing import Any
 from ragtune.errors import RagtuneError
 from ragtune.jobs.backend import Database, open_vector_stores
 from ragtune.jobs.ingestion import Ingester
-from ragtune.jobs.launch import run_torchrun, torchrun_command
+from ragtune.jobs.launch import Rendezvous, data_paths, run_torchrun, torchrun_command
+from ragtune.jobs.nodes import close_rendezvous, open_rendezvous
 from ragtune.jobs.run_store import open_run_store
 from ragtune.jobs.runs import results_csv
 from ragtune.jobs.settings import ServiceSettings
@@ -171,23 +172,13 @@ class Worker:
                 status = "succeeded"  # finished before a crash
                 trained = int(manifest["result"]["trained_tokens"])
             else:
-                train_path, valid_path = self._data_paths(job)
+                train_path, valid_path = data_paths(self.db, self.objects, job)
                 hp = job.spec["hyperparameters"]
                 nproc = self.settings.processes_for(job.spec.get("nproc_per_node"))
-                if nproc > 1:
-                    self._event(job, f"Training on {nproc} processes (torchrun, DDP)")
-                    cmd = torchrun_command(
-                        nproc,
-                        run_dir,
-                        train_path,
-                        valid_path,
-                        job.spec["training_type"],
-                        self.settings.base_model,
-                        job.seed,
-                        hp,
-                        self.settings.device,
+                if nproc > 1 or int(job.spec.get("nnodes") or 1) > 1:
+                    status, trained = self._train_torchrun(
+                        claim, nproc, train_path, valid_path, should_stop
                     )
-                    status, trained = run_torchrun(cmd, run_dir, should_stop)
                 else:
                     result = train(
                         train_path,
@@ -219,12 +210,56 @@ class Worker:
             self.runs.publish(job.id, run_dir)  # every host can get the model before it shows
         self._succeed(claim, trained)
 
+    def _train_torchrun(
+        self,
+        claim: Claim,
+        nproc: int,
+        train_path: Path,
+        valid_path: Path | None,
+        should_stop: Callable[[], bool],
+    ) -> tuple[str, int]:
+        """Train under torchrun: ``nproc`` processes here, and on several hosts the other
+        nodes joining through node tasks (:mod:`ragtune.jobs.nodes`)."""
+        job = claim.job
+        parallel = job.spec.get("parallel") or "ddp"
+        rendezvous: Rendezvous | None = None
+        node_tasks: list[str] = []
+        where = f"{nproc} processes"
+        if int(job.spec.get("nnodes") or 1) > 1:
+            rendezvous, node_tasks = open_rendezvous(
+                self.tasks.tasks, job, claim.attempt, self.settings.worker_addr, nproc
+            )
+            where = f"{rendezvous.nnodes} nodes x {nproc} processes (rendezvous at "
+            where += f"{rendezvous.endpoint})"
+        self._event(job, f"Training on {where} (torchrun, {parallel.upper()})")
+        run_dir = self.settings.run_dir(job.id)
+        cmd = torchrun_command(
+            nproc,
+            run_dir,
+            train_path,
+            valid_path,
+            job.spec["training_type"],
+            self.settings.base_model,
+            job.seed,
+            job.spec["hyperparameters"],
+            self.settings.device,
+            parallel,
+            rendezvous,
+        )
+        try:
+            return run_torchrun(cmd, run_dir, should_stop)
+        finally:
+            close_rendezvous(self.tasks.tasks, job.project, node_tasks)
+
     def _stopped(self, claim: Claim, lost: bool, shutting_down: bool) -> None:
         job = claim.job
         if lost:  # another worker holds the job now; it resumes from the checkpoint
             log.warning("job %s: lease lost, leaving it to its new holder", job.id)
         elif shutting_down:  # back to the queue; the next worker resumes from the checkpoint
             message = "Worker stopped; the job will resume from its last checkpoint"
+            self._finish(claim, "queued", {}, events=[new_event(job.id, message)])
+        elif not self.db.should_stop(job.id, claim.attempt):  # another node stopped the run
+            message = "A node of the run stopped; the job will resume from its last checkpoint"
             self._finish(claim, "queued", {}, events=[new_event(job.id, message)])
         else:
             self._finish(
@@ -283,19 +318,6 @@ class Worker:
 
     def _event(self, job: JobRecord, message: str, level: Any = "info") -> None:
         self.db.add_event(new_event(job.id, message, level))
-
-    def _data_paths(self, job: JobRecord) -> tuple[Path, Path | None]:
-        paths: list[Path | None] = []
-        for file_id in (job.training_file, job.validation_file):
-            if file_id is None:
-                paths.append(None)
-                continue
-            record = self.db.get_file(job.project, file_id)
-            if record is None:
-                raise RagtuneError(f"File {file_id} was deleted before training started")
-            paths.append(self.objects.local_path(record.key))
-        assert paths[0] is not None
-        return paths[0], paths[1]
 
 
 def _auto(value: Any) -> Any:

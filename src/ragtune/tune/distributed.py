@@ -61,6 +61,18 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
     return [float(v) for v in t.tolist()]
 
 
+def same_count(items: list[Any], device: torch.device, info: DistInfo) -> list[Any]:
+    """``items`` padded with copies of its first item to the longest rank's length (a rank
+    with no items must not call this). Under FSDP every forward and backward all-gathers
+    parameters, so all ranks must make the same number of calls; the caller gives the
+    padding zero weight (it counts ``len(items)`` before padding)."""
+    if not info.enabled:
+        return items
+    t = torch.tensor([len(items)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return items + [items[0]] * (int(t.item()) - len(items))
+
+
 def any_rank(flag: bool, device: torch.device, info: DistInfo) -> bool:
     """True on every rank when it is True on any: ranks stop at the same step."""
     return all_reduce_sum([1.0 if flag else 0.0], device, info)[0] > 0

@@ -3,17 +3,16 @@
 load data -> load model (+ LoRA) -> optimizer and schedule -> loop (length-grouped batches,
 gradient accumulation, loss on labelled positions only, clipping) -> evaluate ->
 checkpoint at each epoch end (and when asked to stop) -> save adapter, merged model and
-manifest. Runs in one process or under ``torchrun`` (DistributedDataParallel).
+manifest. Runs in one process or under ``torchrun``: DistributedDataParallel, or fully
+sharded (FSDP2, :mod:`ragtune.tune.sharding`) with ``parallel="fsdp"``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -30,7 +29,6 @@ from ragtune.tune import hparams
 from ragtune.tune.batching import collate, length_grouped_batches, micro_batches, rank_share
 from ragtune.tune.data import DataFormat, load_data, require_valid
 from ragtune.tune.distributed import (
-    DistInfo,
     all_gather_objects,
     all_reduce_sum,
     any_rank,
@@ -38,12 +36,22 @@ from ragtune.tune.distributed import (
     device_for,
     dist_info_from_env,
     process_setup,
+    same_count,
 )
 from ragtune.tune.events import RUN_KIND, EventLog, write_manifest
-from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, apply_lora, save_outputs
+from ragtune.tune.lora import DEFAULT_ALPHA, DEFAULT_DROPOUT, DEFAULT_RANK, save_outputs
 from ragtune.tune.loss import LabelledLoss
+from ragtune.tune.parts import copy_trainable, evaluate, load_model, peak_memory
 from ragtune.tune.rundir import data_record, open_run_dir
-from ragtune.tune.tokens import Encoder, TokenSequence
+from ragtune.tune.sharding import (
+    Parallel,
+    full_optimizer_state,
+    full_state,
+    set_gradient_sync,
+    shard,
+    shard_optimizer_state,
+)
+from ragtune.tune.tokens import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,7 @@ def train(
     device: str = "auto",
     dtype: str = "float32",
     max_steps: int | None = None,
+    parallel: Parallel = "ddp",
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
@@ -126,7 +135,9 @@ def train(
     weights as an uninterrupted run. ``dtype``: the compute precision (``float32``,
     ``bfloat16``, or ``auto``, see :func:`ragtune.models.pick_dtype`); weights, optimizer
     state and the loss stay float32 either way (mixed precision, see
-    :mod:`ragtune.tune.loss`).
+    :mod:`ragtune.tune.loss`). ``parallel``: how ranks share the work under torchrun,
+    ``ddp`` (every rank holds the whole model) or ``fsdp`` (parameters, gradients and
+    optimizer state sharded across ranks); ignored in one process.
     """
     started = time.time()
     dist = dist_info_from_env()
@@ -134,7 +145,7 @@ def train(
     compute_dtype = pick_dtype(dtype, dev)
     run_dir = Path(out).expanduser()
     base_path = resolve_lm(base)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     with process_setup(dist, dev):
         # --- 1. Data: read, validate and tokenize line by line (only the compact token
@@ -187,6 +198,7 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
             "world_size": dist.world_size,
+            "parallel": parallel if dist.enabled else None,
             "compute_dtype": str(compute_dtype).removeprefix("torch."),
         }
 
@@ -207,6 +219,14 @@ def train(
             "created_at": _now(),
         }
         state = open_run_dir(run_dir, manifest, resume)
+        # Every rank reads the checkpoint, rank 0 writes: on several hosts ``out`` must be
+        # storage they all share (an NFS folder, say), which this checks.
+        found = all_gather_objects(state["step"] if state else None, dist)
+        if len(set(found)) > 1:
+            raise RagtuneError(
+                f"The ranks see different checkpoints in {run_dir} (steps {found})",
+                "on several hosts, --out must be a folder every host shares",
+            )
         barrier(dist)  # every rank has looked at the folder before rank 0 writes to it
         events = EventLog(run_dir / "events.jsonl", enabled=dist.is_main)
         if dist.is_main:
@@ -225,14 +245,19 @@ def train(
             write_manifest(run_dir, manifest)
         barrier(dist)
 
-        # --- 3. Model: the base LM, with LoRA adapters or trained whole.
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(base_path), dtype=torch.float32, attn_implementation="sdpa"
-        )
-        if method == "lora":
-            model = apply_lora(model, lora_rank, lora_alpha, lora_dropout, seed=seed)
-        model.to(dev)
+        # --- 3. Model: the base LM, with LoRA adapters or trained whole; under FSDP each
+        # rank then keeps its shard of every parameter.
+        new_model = partial(load_model, base_path, method, lora_rank, lora_alpha, lora_dropout)
+        model = new_model(seed)
+        if state is not None:
+            copy_trainable(model, state["trainable"])
         model.train()
+        fsdp = dist.enabled and parallel == "fsdp"
+        loss_module = LabelledLoss(model, compute_dtype=compute_dtype, cache_head=not fsdp)
+        if fsdp:
+            shard(loss_module, model, dev)  # moves one layer at a time to the device
+        else:
+            model.to(dev)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
         # --- 4. Optimizer and schedule; restore everything from a checkpoint when resuming.
@@ -250,19 +275,17 @@ def train(
         counters = {"trained_tokens": 0, "loss_tokens": 0, "wall_time_s": 0.0}
         last: dict[str, float | None] = {"train_loss": None, "full_valid_loss": None}
         if state is not None:
-            with torch.no_grad():
-                for name, p in trainable.items():
-                    p.copy_(state["trainable"][name])
             optimizer.load_state_dict(state["optimizer"])
+            if fsdp:
+                shard_optimizer_state(optimizer)
             scheduler.load_state_dict(state["scheduler"])
             rngs = state["rng"]  # one per rank (dropout draws differ between ranks)
             ckpt.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0])
             step, epoch0, batch0 = state["step"], state["epoch"], state["batch"]
             counters.update(state["counters"])
             last.update(state["last"])
-        loss_module = LabelledLoss(model, compute_dtype=compute_dtype)
-        forward: Any = loss_module
-        if dist.enabled:
+        forward: Any = loss_module  # under FSDP, sharded in place
+        if dist.enabled and not fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             forward = DistributedDataParallel(
@@ -273,8 +296,8 @@ def train(
             payload = {
                 "epoch": epoch,
                 "batch": batch,
-                "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
-                "optimizer": optimizer.state_dict(),
+                "trainable": full_state(trainable, keep=dist.is_main),
+                "optimizer": full_optimizer_state(optimizer, keep=dist.is_main),
                 "scheduler": scheduler.state_dict(),
                 "rng": all_gather_objects(ckpt.rng_state(), dist),
                 "counters": {**counters, "wall_time_s": counters["wall_time_s"] + session_s()},
@@ -317,14 +340,16 @@ def train(
                 # micro-batch, so that every rank joins the same gradient all-reduce.
                 scale = dist.world_size / n_targets if mine else 0.0
                 micros = micro_batches(mine or batch[:1], lengths, micro_batch_tokens)
+                n_real = len(micros)
+                if fsdp:  # padded with zero-weighted repeats: same number of calls per rank
+                    micros = same_count(micros, dev, dist)
                 loss_sum = correct = tokens = 0.0
                 for k, rows in enumerate(micros):
                     ids, mask, labels = collate([train_seqs[i] for i in rows], pad_id, dev)
-                    sync = not dist.enabled or k == len(micros) - 1
-                    with contextlib.nullcontext() if sync else forward.no_sync():
+                    with set_gradient_sync(forward, k == len(micros) - 1):
                         loss, n_correct = forward(ids, mask, labels)
-                        (loss * scale).backward()
-                    if mine:
+                        (loss * (scale if k < n_real else 0.0)).backward()
+                    if mine and k < n_real:
                         loss_sum += loss.item()
                         correct += n_correct.item()
                         tokens += mask.sum().item()
@@ -353,8 +378,8 @@ def train(
                     "epoch": round(epoch + b / len(batches), 4),
                 }
                 if valid_sample and (step % eval_every == 0 or step == total_steps):
-                    v_loss, v_acc = _evaluate(
-                        loss_module, valid_sample, micro_batch_tokens, pad_id, dev, dist
+                    v_loss, v_acc = evaluate(
+                        loss_module, valid_sample, micro_batch_tokens, pad_id, dev, dist, fsdp
                     )
                     metrics.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
                 events.metrics(**metrics)
@@ -375,8 +400,8 @@ def train(
                 stop = should_stop is not None and any_rank(should_stop(), dev, dist)
             if b == len(batches):  # the epoch is complete
                 if valid_seqs:
-                    v_loss, v_acc = _evaluate(
-                        loss_module, valid_seqs, micro_batch_tokens, pad_id, dev, dist
+                    v_loss, v_acc = evaluate(
+                        loss_module, valid_seqs, micro_batch_tokens, pad_id, dev, dist, fsdp
                     )
                     last["full_valid_loss"] = v_loss
                     events.metrics(
@@ -403,7 +428,7 @@ def train(
             valid_loss=last["full_valid_loss"],
             tokens_per_s=session_tokens / train_s if train_s else 0.0,
             wall_time_s=counters["wall_time_s"],
-            **_peak_memory(dev),
+            **peak_memory(dev),
         )
         if step < total_steps:
             if last_ckpt_step != step:  # (an epoch end has just been saved otherwise)
@@ -423,8 +448,14 @@ def train(
                 )
             return RunResult(status="interrupted", checkpoint=last_ckpt, **result)
 
-        # --- 7. Save the adapter, the merged model and the manifest (rank 0).
+        # --- 7. Save the adapter, the merged model and the manifest (rank 0). Under FSDP
+        # rank 0 puts the gathered weights into a fresh, unsharded copy of the model.
         paths: dict[str, str] = {}
+        if fsdp:
+            weights = full_state(trainable, keep=dist.is_main)
+            model = new_model(seed) if dist.is_main else None
+            if model is not None:
+                copy_trainable(model, weights)
         if dist.is_main:
             model.eval()
             paths = save_outputs(model, tokenizer, run_dir, method)
@@ -454,41 +485,3 @@ def _now() -> str:
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
-
-
-def _evaluate(
-    loss_module: LabelledLoss,
-    seqs: Sequence[TokenSequence],
-    max_tokens: int,
-    pad_id: int,
-    dev: torch.device,
-    dist: DistInfo,
-) -> tuple[float, float]:
-    """Token-mean loss and accuracy over ``seqs``; each rank scores its share."""
-    was_training = loss_module.training
-    loss_module.eval()
-    lengths = [len(s.input_ids) for s in seqs]
-    total = correct = 0.0
-    with torch.no_grad():
-        for rows in micro_batches(
-            range(dist.rank, len(seqs), dist.world_size), lengths, max_tokens
-        ):
-            ids, mask, labels = collate([seqs[i] for i in rows], pad_id, dev)
-            loss, n_correct = loss_module(ids, mask, labels)
-            total += loss.item()
-            correct += n_correct.item()
-    total, correct = all_reduce_sum([total, correct], dev, dist)
-    loss_module.train(was_training)
-    n = sum(s.n_targets for s in seqs)
-    return total / n, correct / n
-
-
-def _peak_memory(dev: torch.device) -> dict[str, Any]:
-    """Peak memory so far: CUDA max allocated on GPUs, the RSS high-water mark on CPU."""
-    if dev.type == "cuda":
-        return {
-            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)),
-            "peak_memory_kind": "cuda",
-        }
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"peak_memory_bytes": int(rss_kib) * 1024, "peak_memory_kind": "rss"}

@@ -197,7 +197,9 @@ class LabelledLoss(nn.Module):
     ``compute_dtype=torch.bfloat16`` runs the decoder under ``torch.autocast`` and the head
     products in bfloat16 (the loss stays float32; see the module docstring). The head's
     bfloat16 copy is made once per weight version: once per run for a frozen head (LoRA),
-    once per optimizer step for a trained one, not once per micro-batch.
+    once per optimizer step for a trained one, not once per micro-batch. ``cache_head=False``
+    casts it at every forward instead: under FSDP the head's full weight is all-gathered
+    into a reused buffer, so its address and version do not tell when it changed.
 
     Wrapping this module, not the LM, in DistributedDataParallel keeps DDP's hooks on the
     forward that training actually calls.
@@ -208,16 +210,20 @@ class LabelledLoss(nn.Module):
         lm: nn.Module,
         chunk_rows: int | None = None,
         compute_dtype: torch.dtype = torch.float32,
+        cache_head: bool = True,
     ) -> None:
         super().__init__()
         self.lm = lm
         self.chunk_rows = chunk_rows
         self.compute_dtype = compute_dtype
+        self.cache_head = cache_head
         self._head_cast: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _head_in_compute_dtype(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.dtype == self.compute_dtype:
             return weight.detach()
+        if not self.cache_head:
+            return weight.detach().to(self.compute_dtype)
         key = (weight.data_ptr(), weight._version)  # in-place updates bump the version
         if self._head_cast is None or self._head_cast[0] != key:
             self._head_cast = None  # free the old copy first

@@ -26,8 +26,9 @@ def data_record(data: Any, n_sequences: int) -> dict[str, Any]:
 
 
 # Settings that may change between an interrupted run and its resumption: they change how
-# the work is spread, not what is computed.
-_RESUMABLE_CHANGES = ("world_size", "micro_batch_tokens")
+# the work is spread, not what is computed (a checkpoint is in the same format whether one
+# process, DDP or FSDP wrote it).
+_RESUMABLE_CHANGES = ("world_size", "parallel", "micro_batch_tokens")
 
 
 def _sha(record: dict[str, Any] | None) -> str | None:

@@ -33,6 +33,12 @@ class RagtuneOptions(BaseModel):
     # data-parallel processes (torchrun DDP: gloo on CPU, one GPU each with NCCL); None: the
     # worker's setting (RAGTUNE_TRAIN_NPROC, by default all its GPUs, else one process)
     nproc_per_node: int | None = Field(default=None, ge=1, le=64)
+    # how those processes share the model: ddp (each holds all of it) or fsdp (parameters,
+    # gradients and optimizer state sharded across them, for models one device cannot hold)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # hosts the job trains on, nproc_per_node processes each: the worker that claims it is
+    # node 0 and other workers join (see ragtune.jobs.nodes); None: one host
+    nnodes: int | None = Field(default=None, ge=1, le=64)
 
 
 class JobCreateParams(BaseModel):

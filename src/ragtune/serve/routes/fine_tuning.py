@@ -147,6 +147,8 @@ def create_job(body: JobCreateParams, service: ServiceDep, project: ProjectDep) 
             },
             "training_type": body.training_type,
             "nproc_per_node": body.ragtune.nproc_per_node if body.ragtune else None,
+            "parallel": body.ragtune.parallel if body.ragtune else "ddp",
+            "nnodes": body.ragtune.nnodes if body.ragtune else None,
         },
         status="validating_files",
     )
