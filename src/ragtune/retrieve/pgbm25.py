@@ -93,6 +93,7 @@ def search_sql(
             avgdl=sql.Literal(float(avgdl)),
         )
 
+    filtered: sql.Composable
     if where is None:
         filtered = sql.SQL("SELECT row_id, s FROM e")
     else:
