@@ -81,6 +81,7 @@ def test_postings_bm25_equals_embedded_with_filters_and_deletes(
         return bounds[-1]
 
     monkeypatch.setattr(pgbm25, "bound_holds", recording)
+    monkeypatch.setattr(pgbm25, "worth_probing", lambda *a: True)  # prune whenever it can
     chunks = corpus()
     store = store_with(pg_url, chunks)
     hit = store.keyword_search("uniqx", 1)
@@ -103,6 +104,10 @@ def test_first_split_and_bound() -> None:
     assert pgbm25.first_split([3.0, 2.0], [1, 2], 10) == 2
     assert pgbm25.bound_holds(1.0, 1.5) and not pgbm25.bound_holds(1.0, 1.0)
     assert not pgbm25.bound_holds(0.0, 0.0)  # fewer than k candidates proves nothing
+    assert pgbm25.worth_probing(10, 1.0, 1.0, [90, 50]) and not pgbm25.worth_probing(
+        100, 1.0, 2.0, [90, 50]
+    )
+    assert pgbm25.worth_probing(100, 0.01, 2.0, [90, 50])  # light other terms: few survive
 
 
 def _rows(url: str, query: str) -> list[Any]:

@@ -64,6 +64,24 @@ def first_split(weights: Sequence[float], dfs: Sequence[int], k: int) -> int:
     return len(weights)
 
 
+# A postings lookup by primary key (a B-tree descent) costs about as much as aggregating this
+# many postings read in a scan of a term's index range: measured roughly (EXPLAIN ANALYZE at
+# 100k chunks); it affects speed only, never results.
+PROBE_COST = 6
+
+
+def worth_probing(
+    candidates: int, rest_weight: float, least_essential_weight: float, rest_dfs: Sequence[int]
+) -> bool:
+    """Whether looking up the non-essential terms for the candidates that survive the bound
+    is cheaper than reading those terms' postings whole (then every term is made essential).
+    The survivors are guessed as the share ``rest_weight / least_essential_weight`` of the
+    ``candidates``: a candidate survives when its partial score is within ``rest_weight`` of
+    theta, so the lighter the other terms, the fewer survive."""
+    share = min(1.0, rest_weight / least_essential_weight) if least_essential_weight > 0 else 1.0
+    return candidates * share * len(rest_dfs) * PROBE_COST <= sum(rest_dfs)
+
+
 def bound_holds(rest_weight: float, theta: float) -> bool:
     """Whether chunks holding only the non-essential terms (each scoring below
     ``rest_weight``) are provably outside the top ``k`` whose ``k``-th partial score is
@@ -77,13 +95,15 @@ def search_sql(
     k1: float,
     b: float,
     avgdl: float,
-    rest_weight: float,
+    rest_weight: float | None,
     where: sql.Composable | None,
     columns: str,
 ) -> sql.Composed:
     """The top-``k`` query for one split. Parameters, in order: the essential terms (text[])
     and their weights (float8[]), the other terms and theirs, then the filter's. Each row is
-    the chunk's ``columns``, its score, and theta (the ``k``-th partial score, or 0)."""
+    the chunk's ``columns``, its score, and theta (the ``k``-th partial score, or 0).
+    ``rest_weight`` None: every term is essential (the other terms' lists are empty), so the
+    query is the plain aggregation, without bound or lookups."""
 
     def saturation(p: str) -> sql.Composable:
         return sql.SQL("{p}.tf / ({p}.tf + {k1} * (1 - {b} + {b} * {p}.len / {avgdl}))").format(
@@ -101,11 +121,24 @@ def search_sql(
             "SELECT e.row_id, e.s FROM e JOIN kb_chunks c ON c.kb = {kb} AND c.row_id = e.row_id "
             "WHERE {where}"
         ).format(kb=sql.Literal(kb), where=where)
-    return sql.SQL(
+    head = sql.SQL(
         "WITH ess(term, weight) AS (SELECT * FROM unnest(%s::text[], %s::float8[])),"
         " rest(term, weight) AS (SELECT * FROM unnest(%s::text[], %s::float8[])),"
         " e AS (SELECT p.row_id, sum(ess.weight * {sat_p}) AS s"
         "  FROM ess JOIN kb_postings p ON p.kb = {kb} AND p.term = ess.term GROUP BY p.row_id),"
+    ).format(sat_p=saturation("p"), kb=sql.Literal(kb))
+    cols = sql.SQL(", ").join(
+        sql.SQL("ch.{}").format(sql.Identifier(c)) for c in columns.split(", ")
+    )
+    if rest_weight is None:
+        return head + sql.SQL(
+            " f AS ({filtered}),"
+            " top AS (SELECT row_id, s AS score FROM f ORDER BY s DESC, row_id LIMIT {k})"
+            " SELECT {cols}, top.score, 0::float8 FROM top"
+            " JOIN kb_chunks ch ON ch.kb = {kb} AND ch.row_id = top.row_id"
+            " ORDER BY top.score DESC, top.row_id"
+        ).format(filtered=filtered, k=sql.Literal(k), cols=cols, kb=sql.Literal(kb))
+    return head + sql.SQL(
         " f AS MATERIALIZED ({filtered}),"
         " kth AS (SELECT coalesce("
         "  (SELECT s FROM f ORDER BY s DESC OFFSET {skip} LIMIT 1), 0) AS t),"
@@ -117,14 +150,11 @@ def search_sql(
         " JOIN kb_chunks ch ON ch.kb = {kb} AND ch.row_id = top.row_id CROSS JOIN kth"
         " ORDER BY top.score DESC, top.row_id"
     ).format(
-        sat_p=saturation("p"),
         sat_q=saturation("q"),
         kb=sql.Literal(kb),
         filtered=filtered,
         skip=sql.Literal(k - 1),
         slack=sql.Literal(rest_weight * (1 + _REL) + _ABS),
         k=sql.Literal(k),
-        cols=sql.SQL(", ").join(
-            sql.SQL("ch.{}").format(sql.Identifier(c)) for c in columns.split(", ")
-        ),
+        cols=cols,
     )

@@ -239,8 +239,13 @@ class PgStore:
         terms = [str(found[i][0]) for i in order]
         w = [float(weights[i]) for i in order]
         where_sql, where_args = filter_clause(where)
-        split = pgbm25.first_split(w, [int(dfs[i]) for i in order], k)
+        term_dfs = [int(dfs[i]) for i in order]
+        split = pgbm25.first_split(w, term_dfs, k)
         while True:
+            if not pgbm25.worth_probing(
+                sum(term_dfs[:split]), sum(w[split:]), w[split - 1], term_dfs[split:]
+            ):
+                split = len(terms)  # common terms only: reading them whole is cheaper
             rest_weight = float(sum(w[split:]))
             query_sql = pgbm25.search_sql(
                 self.kb,
@@ -248,7 +253,7 @@ class PgStore:
                 k1,
                 b,
                 total / n,
-                rest_weight,
+                rest_weight if split < len(terms) else None,
                 None if where is None or where.is_empty() else where_sql,
                 _CHUNK_COLUMNS,
             )
