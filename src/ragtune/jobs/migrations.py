@@ -141,6 +141,29 @@ CREATE INDEX tasks_project ON tasks (project, kind, seq);
 CREATE INDEX tasks_waiting ON tasks (seq) WHERE status IN ('queued', 'running');
 """,
     ),
+    Migration(
+        5,
+        "keyword search on postings (ragtune.retrieve.pgbm25), backfilled; no GIN index",
+        """
+SET LOCAL maintenance_work_mem = '512MB';
+CREATE TABLE kb_postings (
+    kb TEXT NOT NULL, term TEXT NOT NULL, row_id BIGINT NOT NULL,
+    tf INTEGER NOT NULL, len INTEGER NOT NULL
+);
+-- Existing chunks' postings from their tsvectors: tf is the lexeme's position count, which
+-- PostgreSQL caps at 256 (re-ingest a knowledge base whose chunks repeat a term more often).
+INSERT INTO kb_postings (kb, term, row_id, tf, len)
+    SELECT c.kb, u.lexeme, c.row_id, coalesce(array_length(u.positions, 1), 1), c.length
+    FROM kb_chunks c, unnest(c.tsv) AS u;
+ALTER TABLE kb_postings ADD PRIMARY KEY (kb, term, row_id) INCLUDE (tf, len);
+CREATE TABLE kb_terms (
+    kb TEXT NOT NULL, term TEXT NOT NULL, df BIGINT NOT NULL, PRIMARY KEY (kb, term)
+);
+INSERT INTO kb_terms (kb, term, df) SELECT kb, term, count(*) FROM kb_postings GROUP BY kb, term;
+DROP INDEX kb_chunks_tsv;
+ANALYZE kb_postings, kb_terms;
+""",
+    ),
 )
 
 

@@ -57,13 +57,12 @@ def size_bytes(url: str, name: str) -> int:
 def remove(url: str, name: str) -> bool:
     """Delete knowledge base ``name``'s manifest, documents, chunks and HNSW index in one
     transaction; False when there was none."""
-    from ragtune.retrieve.pgstore import index_name
+    from ragtune.retrieve.pgstore import delete_rows, index_name
 
     ensure_schema(url)
     with psycopg.connect(url) as conn:
         gone = conn.execute("DELETE FROM kb_manifests WHERE kb = %s", (name,)).rowcount
-        conn.execute("DELETE FROM kb_chunks WHERE kb = %s", (name,))
-        conn.execute("DELETE FROM kb_documents WHERE kb = %s", (name,))
+        delete_rows(conn, name)
         had_meta = conn.execute("DELETE FROM kb_meta WHERE kb = %s", (name,)).rowcount
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index_name(name))))
     return bool(gone or had_meta)

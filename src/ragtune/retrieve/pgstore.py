@@ -37,7 +37,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from ragtune.retrieve.bm25 import idf, tokenize
+from ragtune.retrieve import pgbm25
+from ragtune.retrieve.bm25 import _check_params, idf, tokenize
 from ragtune.retrieve.store import (
     Filter,
     LanceStore,
@@ -89,6 +90,12 @@ def filter_clause(where: Filter | None) -> tuple[sql.Composable, list[Any]]:
         clauses.append(sql.SQL("attributes && %s::text[]"))
         args.append([f"{key}={v}" for v in values])
     return sql.SQL(" AND ").join(clauses), args
+
+
+def delete_rows(conn: psycopg.Connection[Any], kb: str) -> None:
+    """Delete knowledge base ``kb``'s documents, chunks, postings and terms (not its meta)."""
+    for table in ("kb_postings", "kb_terms", "kb_chunks", "kb_documents"):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE kb = %s").format(sql.Identifier(table)), (kb,))
 
 
 def index_name(kb: str) -> str:
@@ -213,47 +220,49 @@ class PgStore:
     def keyword_search(
         self, query: str, k: int, where: Filter | None = None, k1: float = 1.5, b: float = 0.75
     ) -> list[tuple[Chunk, float]]:
-        """Lucene BM25 (see the module doc), best first, ties by insertion order."""
-        from ragtune.retrieve.bm25 import _check_params
-
+        """Lucene BM25 over the postings table (:mod:`ragtune.retrieve.pgbm25`), best first,
+        ties by insertion order."""
         _check_params(k1, b)
         n, total = self._meta()
         repeats = Counter(tokenize(query))
         if k <= 0 or n == 0 or not repeats:
             return []
-        terms = sorted(repeats)
-        dfs = self._rows(
-            "SELECT t, (SELECT count(*) FROM kb_chunks WHERE kb = %s AND tsv @@ "
-            "(quote_literal(t))::tsquery) FROM unnest(%s::text[]) AS t",
-            (self.kb, terms),
+        found = self._rows(
+            "SELECT term, df FROM kb_terms WHERE kb = %s AND term = ANY(%s) AND df > 0",
+            (self.kb, sorted(repeats)),
         )
-        df = {t: int(c) for t, c in dfs if int(c) > 0}
-        if not df:
+        if not found:
             return []
-        found = sorted(df)
-        weights = idf(np.array([df[t] for t in found], dtype=np.float64), n) * np.array(
-            [repeats[t] for t in found], dtype=np.float64
-        )
-        matcher = " | ".join(tsquery_literal(t) for t in found)
+        dfs = np.array([int(d) for _, d in found], dtype=np.float64)
+        weights = idf(dfs, n) * np.array([repeats[t] for t, _ in found], dtype=np.float64)
+        order = sorted(range(len(found)), key=lambda i: (-weights[i], found[i][0]))
+        terms = [str(found[i][0]) for i in order]
+        w = [float(weights[i]) for i in order]
         where_sql, where_args = filter_clause(where)
-        query_sql = sql.SQL(
-            "SELECT {cols}, s.score FROM ("
-            " SELECT c.row_id, sum(w.weight * u.tf / (u.tf + %s * (1 - %s + %s * c.length / %s)))"
-            " AS score FROM kb_chunks c,"
-            " LATERAL (SELECT lexeme, array_length(positions, 1)::float8 AS tf"
-            "  FROM unnest(c.tsv)) u"
-            " JOIN unnest(%s::text[], %s::float8[]) AS w(term, weight) ON w.term = u.lexeme"
-            " WHERE c.kb = %s AND c.tsv @@ %s::tsquery AND {where}"
-            " GROUP BY c.row_id ORDER BY score DESC, c.row_id LIMIT %s"
-            ") s JOIN kb_chunks ch ON ch.kb = %s AND ch.row_id = s.row_id"
-            " ORDER BY s.score DESC, s.row_id"
-        ).format(cols=sql.SQL(_CHUNK_COLUMNS), where=where_sql)
-        avgdl = total / n
-        rows = self._rows(
-            query_sql,
-            (k1, b, b, avgdl, found, weights.tolist(), self.kb, matcher, *where_args, k, self.kb),
-        )
-        return [(_chunk(r[:-1]), float(r[-1])) for r in rows]
+        term_dfs = [int(dfs[i]) for i in order]
+        split = pgbm25.first_split(w, term_dfs, k)
+        while True:
+            if not pgbm25.worth_probing(
+                sum(term_dfs[:split]), sum(w[split:]), w[split - 1], term_dfs[split:]
+            ):
+                split = len(terms)  # common terms only: reading them whole is cheaper
+            rest_weight = float(sum(w[split:]))
+            query_sql = pgbm25.search_sql(
+                self.kb,
+                k,
+                k1,
+                b,
+                total / n,
+                rest_weight if split < len(terms) else None,
+                None if where is None or where.is_empty() else where_sql,
+                _CHUNK_COLUMNS,
+            )
+            args = (terms[:split], w[:split], terms[split:], w[split:], *where_args)
+            rows = self._rows(query_sql, args)
+            theta = float(rows[0][-1]) if rows else 0.0
+            if split == len(terms) or pgbm25.bound_holds(rest_weight, theta):
+                return [(_chunk(r[:-2]), float(r[-2])) for r in rows]
+            split += 1
 
     # -- writing ----------------------------------------------------------------------
 
@@ -288,8 +297,7 @@ class PgStore:
         """Stage the removal of everything in this knowledge base (a rebuild, or rows an
         ingest committed before it died without publishing a manifest); readers keep
         seeing the old rows until :meth:`commit`."""
-        conn.execute("DELETE FROM kb_chunks WHERE kb = %s", (self.kb,))
-        conn.execute("DELETE FROM kb_documents WHERE kb = %s", (self.kb,))
+        delete_rows(conn, self.kb)
         if dim != self.dim:  # the HNSW index is on embedding::vector(dim): rebuilt at commit
             conn.execute(
                 sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index_name(self.kb)))
@@ -307,6 +315,16 @@ class PgStore:
         if not doc_ids:
             return
         w = self._writer()
+        # the chunks' postings first (found through their tsvector's terms and the primary
+        # key), their terms' document frequencies lowered by as many
+        w.execute(
+            "WITH gone AS (DELETE FROM kb_postings p USING (SELECT row_id, "
+            "unnest(tsvector_to_array(tsv)) AS term FROM kb_chunks WHERE kb = %s "
+            "AND doc_id = ANY(%s)) g WHERE p.kb = %s AND p.term = g.term AND p.row_id = g.row_id "
+            "RETURNING p.term), n AS (SELECT term, count(*) AS c FROM gone GROUP BY term) "
+            "UPDATE kb_terms t SET df = t.df - n.c FROM n WHERE t.kb = %s AND t.term = n.term",
+            (self.kb, list(doc_ids), self.kb, self.kb),
+        )
         row = w.execute(
             "WITH gone AS (DELETE FROM kb_chunks WHERE kb = %s AND doc_id = ANY(%s) "
             "RETURNING length) SELECT count(*), coalesce(sum(length), 0) FROM gone",
@@ -352,15 +370,14 @@ class PgStore:
             ).fetchone()
             assert row is not None
             first = int(row[0]) - len(chunks)
-            total = 0
+            token_lists = [tokenize(index_text(c)) for c in chunks]
+            total = sum(map(len, token_lists))
             vecs = np.asarray(vectors, dtype=np.float32)
             with cur.copy(
                 "COPY kb_chunks (kb, row_id, chunk_id, doc_id, idx, text, start_at, end_at, "
                 "source, title, attributes, length, embedding, tsv) FROM STDIN"
             ) as copy:
-                for i, c in enumerate(chunks):
-                    tokens = tokenize(index_text(c))
-                    total += len(tokens)
+                for i, (c, tokens) in enumerate(zip(chunks, token_lists, strict=True)):
                     copy.write_row(
                         (
                             self.kb,
@@ -379,6 +396,16 @@ class PgStore:
                             tsvector_literal(tokens),
                         )
                     )
+            with cur.copy("COPY kb_postings (kb, term, row_id, tf, len) FROM STDIN") as copy:
+                for posting in pgbm25.postings(self.kb, first, token_lists):
+                    copy.write_row(posting)
+            df = pgbm25.document_frequencies(token_lists)
+            cur.execute(
+                "INSERT INTO kb_terms (kb, term, df) SELECT %s, t, d FROM unnest(%s::text[], "
+                "%s::bigint[]) AS u(t, d) ON CONFLICT (kb, term) DO UPDATE "
+                "SET df = kb_terms.df + excluded.df",
+                (self.kb, list(df), list(df.values())),
+            )
             cur.execute(
                 "UPDATE kb_meta SET n_chunks = n_chunks + %s, total_len = total_len + %s "
                 "WHERE kb = %s",
