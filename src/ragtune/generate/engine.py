@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
 # "int8": every projection and the output head; "int8-layers": the layers only, the head
-# (tied to the embedding) stays in the compute dtype
-Quantize = Literal["none", "int8", "int8-layers"]
+# (tied to the embedding) stays in the compute dtype; "int4": group-wise 4-bit weights for
+# every projection and the head (half int8's bytes; see ragtune.generate.quant)
+Quantize = Literal["none", "int8", "int8-layers", "int4"]
+# (projection bits, head bits) per quantize setting; 16 = the compute dtype
+QUANT_BITS: dict[str, tuple[int, int]] = {
+    "none": (16, 16),
+    "int8": (8, 8),
+    "int8-layers": (8, 16),
+    "int4": (4, 4),
+}
 Backend = Literal["native", "llamacpp"]
 DEFAULT_SLOTS = 16
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -100,8 +108,8 @@ class Generator:
         if getattr(model.config, "model_type", "") != "gemma3_text":
             if quantize != "none":
                 raise RagtuneError(
-                    f"int8 needs a Gemma 3 model; {name} is {model.config.model_type}",
-                    "drop --int8 for this model",
+                    f"{quantize} needs a Gemma 3 model; {name} is {model.config.model_type}",
+                    f"drop --{quantize} for this model",
                 )
             log.info("%s: no native engine for this architecture; using transformers", name)
             return
@@ -112,10 +120,11 @@ class Generator:
         compute = dtype or next(model.parameters()).dtype
         if quantize != "none":
             if self._device.type != "cpu":
-                raise RagtuneError("int8 weights are for the CPU", "drop --int8 on a GPU")
-            compute = torch.bfloat16  # the int8 kernel's fast path takes bf16 activations
-        int8 = quantize != "none"
-        weights = GemmaWeights(model, compute, int8=int8, int8_head=quantize == "int8")
+                raise RagtuneError(
+                    f"{quantize} weights are for the CPU", f"drop --{quantize} on a GPU"
+                )
+            compute = torch.bfloat16  # the int8/int4 kernels' fast path takes bf16 activations
+        weights = GemmaWeights(model, compute, *QUANT_BITS[quantize])
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
         cache = KVCache(spec, slots, self._max_context, compute, self._device)
@@ -188,7 +197,7 @@ class Generator:
             if quantize != "none" or device not in ("auto", "cpu"):
                 raise RagtuneError(
                     "The llama.cpp backend runs its GGUF as stored, on the CPU",
-                    "drop --int8 / --device, or use the native backend",
+                    "drop --int8/--int4 / --device, or use the native backend",
                 )
             return cls.load_llamacpp(name_or_path, max_seq_len)
         from ragtune.models import load_lm, resolve_lm
