@@ -73,6 +73,8 @@ class Generator:
 
     ``slots`` requests run at once, each with a KV cache of ``max_seq_len`` positions,
     allocated up front; ``max_adapters`` LoRA adapters stay loaded (LRU past that).
+    ``speculate`` > 0 turns on prompt-lookup speculative decoding for greedy requests (up
+    to that many draft tokens verified per step; opt-in: see the scheduler).
     """
 
     tokenizer: Any
@@ -96,6 +98,7 @@ class Generator:
         slots: int = DEFAULT_SLOTS,
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        speculate: int = 0,
     ) -> None:
         import torch
 
@@ -127,7 +130,7 @@ class Generator:
         weights = GemmaWeights(model, compute, *QUANT_BITS[quantize])
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
-        cache = KVCache(spec, slots, self._max_context, compute, self._device)
+        cache = KVCache(spec, slots, self._max_context, compute, self._device, slack=speculate)
         q, kv = spec.n_heads * spec.head_dim, spec.n_kv * spec.head_dim
         dims = {
             "qkv": (spec.hidden, (q, kv, kv)),
@@ -137,7 +140,8 @@ class Generator:
         }
         assert set(dims) == set(GROUPS)
         bank = AdapterBank(spec.n_layers, dims, max_adapters, compute, self._device)
-        self._sched = Scheduler(GemmaEngine(weights, cache, bank), tokenizer, self.eos_ids)
+        engine = GemmaEngine(weights, cache, bank)
+        self._sched = Scheduler(engine, tokenizer, self.eos_ids, speculate=speculate)
         self.model = None  # the fused weights replace it; the layers' memory is freed
 
     def _setup(self, tokenizer: Any, name: str, quantize: Quantize, device: torch.device) -> None:
@@ -190,6 +194,7 @@ class Generator:
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
         backend: Backend = "native",
+        speculate: int = 0,
     ) -> Generator:
         """``backend="llamacpp"`` runs a GGUF model with llama.cpp instead (see
         :meth:`load_llamacpp`; CPU, no int8 or adapters)."""
@@ -211,6 +216,7 @@ class Generator:
             slots=slots,
             max_seq_len=max_seq_len,
             max_adapters=max_adapters,
+            speculate=speculate,
         )
 
     @property

@@ -151,12 +151,14 @@ class GemmaWeights:
 
 class KVCache:
     """Per-layer K and V, (slots, positions, n_kv, head_dim); sliding layers keep a ring of
-    ``window`` positions (entry ``p % window``), global layers ``max_len`` positions."""
+    ``window + slack`` positions (entry ``p % ring``), global layers ``max_len`` positions.
+    ``slack`` (speculative decoding's draft length) lets a step write several positions of
+    one request while its earlier rows still read the window behind them."""
 
     def __init__(self, spec: GemmaSpec, slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device) -> None:  # fmt: skip
+                 device: torch.device, slack: int = 0) -> None:  # fmt: skip
         self.slots, self.max_len = slots, max_len
-        self.ring = min(spec.window, max_len)
+        self.ring = min(spec.window + slack, max_len)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         for sliding in spec.sliding:
@@ -257,7 +259,7 @@ class GemmaEngine:
         (sum T, H) sequence for every projection and MLP (few large matmuls instead of many
         small ones); attention runs per request on its own rows. Returns each request's
         last hidden state (n, H), or every row's when ``all_positions``."""
-        s, c = self.spec, self.cache
+        s = self.spec
         nh, nkv, hd = s.n_heads, s.n_kv, s.head_dim
         lens = [int(p.shape[0]) for p in prompts]
         ends = torch.tensor(lens).cumsum(0).tolist()
@@ -273,7 +275,7 @@ class GemmaEngine:
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
         local_masks: dict[int, torch.Tensor] = {}
         for n in set(lens):
-            if c.ring < n:  # sliding layers: key j visible from query i iff i - window < j <= i
+            if s.window < n:  # sliding layers: key j visible from query i iff i - window < j <= i
                 p = torch.arange(n, device=dev)
                 d = p[:, None] - p[None, :]
                 local_masks[n] = (d >= 0) & (d < s.window)  # (T, T)
@@ -323,8 +325,10 @@ class GemmaEngine:
         return att[0].transpose(0, 1).reshape(T, nh * hd)
 
     def decode(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """One token for each of B running requests: tokens (B,) at ``batch.positions``
-        in ``batch.slots``. Returns (B, H) hidden states."""
+        """One token for each of B rows: tokens (B,) at ``batch.positions`` in
+        ``batch.slots``. Several rows may share a slot at consecutive positions (a
+        speculative draft being verified, up to the cache's ``slack`` beyond the first):
+        each reads the keys up to its own position. Returns (B, H) hidden states."""
         s, c = self.spec, self.cache
         B = tokens.shape[0]
         nh, nkv, hd, g = s.n_heads, s.n_kv, s.head_dim, s.n_heads // s.n_kv
@@ -333,13 +337,22 @@ class GemmaEngine:
         x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
         n_glob = int(pos.max().item()) + 1
         n_loc = min(n_glob, c.ring)
-        # one row: every cached position it reads (up to pos) is its own, nothing to mask
-        masked = B > 1
+        # one row with a ring of exactly the window: every cached position it reads (up to
+        # pos) is its own and in its window, nothing to mask
+        masked = B > 1 or c.ring > s.window
         if masked:
             ar = torch.arange(n_glob, device=pos.device)
             glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
-            # ring entry j holds a position <= pos; it is valid once written (j <= pos)
-            loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
+            # ring entry j holds the latest position q <= L with q % ring == j, L = the
+            # highest position written to the row's slot in this step; the row sees it iff
+            # pos - window < q <= pos (with ring == window and one row a slot: iff j <= pos)
+            last = pos
+            if c.ring > s.window:
+                last = torch.zeros(c.slots, dtype=pos.dtype, device=pos.device)
+                last = last.scatter_reduce(0, slots, pos, "amax")[slots]
+            q = last[:, None] - (last[:, None] - ar[None, :n_loc]) % c.ring  # (B, n_loc)
+            seen = (q >= 0) & (q > pos[:, None] - s.window) & (q <= pos[:, None])
+            loc_inv = (~seen)[:, None, None]  # (B, 1, 1, n_loc)
         # where each row's new K/V go in a layer's cache viewed as (slots * positions, ...)
         flat = {True: slots * c.ring + pos % c.ring, False: slots * c.max_len + pos}
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
