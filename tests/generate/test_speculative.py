@@ -69,3 +69,18 @@ def test_max_tokens_and_sampling_are_kept(generators: tuple[Generator, Generator
     a = spec.submit(PROMPTS[1], sampled).result()
     assert spec.scheduler.drafted == drafted  # sampled requests are never drafted
     assert a.text == plain.submit(PROMPTS[1], sampled).result().text
+
+
+def test_ask_with_speculate(tiny_lm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ragtune.cli import main
+
+    args = ["ask", PROMPTS[0], "--model", str(tiny_lm), "--device", "cpu", "--dtype", "float32"]
+    answers = []
+    for extra in ([], ["--speculate", "3"]):
+        assert main([*args, *extra, "--json", "--max-new-tokens", "12"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)["answer"])
+    assert answers[0] == answers[1]
+    assert main([*args, "--speculate", "-1"]) != 0
+    assert "speculate must be 0" in capsys.readouterr().err

@@ -126,6 +126,14 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    """--int8 / --int4 and --speculate: the generator's opt-in speed options."""
+    p.add_argument(
+        "--speculate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="prompt-lookup speculative decoding: verify up to K drafted tokens a step",
+    )
     q = p.add_mutually_exclusive_group()
     q.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
     q.add_argument(
@@ -234,6 +242,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         args.dtype,
         quantize=_quantize(args),
         backend=args.backend,
+        speculate=args.speculate,
     )
     timings["load_model_s"] = time.perf_counter() - t1
     answer = answer_questions(
@@ -295,6 +304,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         args.dtype,
         quantize=_quantize(args),
         backend=args.backend,
+        speculate=args.speculate,
     )
     out = console()
     out.print(

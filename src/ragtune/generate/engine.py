@@ -102,6 +102,8 @@ class Generator:
     ) -> None:
         import torch
 
+        if speculate < 0:
+            raise RagtuneError("speculate must be 0 (off) or a number of draft tokens")
         self._setup(tokenizer, name, quantize, next(model.parameters()).device)
         self.model = model
         self._max_context = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -199,10 +201,10 @@ class Generator:
         """``backend="llamacpp"`` runs a GGUF model with llama.cpp instead (see
         :meth:`load_llamacpp`; CPU, no int8 or adapters)."""
         if backend == "llamacpp":
-            if quantize != "none" or device not in ("auto", "cpu"):
+            if quantize != "none" or device not in ("auto", "cpu") or speculate:
                 raise RagtuneError(
                     "The llama.cpp backend runs its GGUF as stored, on the CPU",
-                    "drop --int8/--int4 / --device, or use the native backend",
+                    "drop --int8/--int4/--speculate/--device, or use the native backend",
                 )
             return cls.load_llamacpp(name_or_path, max_seq_len)
         from ragtune.models import load_lm, resolve_lm
