@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         from llama_cpp import Llama
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
+        # n_batch = n_ctx: llama-cpp-python 0.3.36 sizes its per-token logits buffer by
+        # n_batch when a draft model turns logits_all on, and fails on longer prompts
         llm_pld = Llama(
             llm.model_path,
-            n_ctx=4096,
+            n_ctx=2048,
             n_threads=os.cpu_count() or 1,
-            n_batch=512,
+            n_batch=2048,
             verbose=False,
             draft_model=LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=k),
         )
