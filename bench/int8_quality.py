@@ -1,7 +1,7 @@
-"""Quality of weight-only int8 against the full-precision model (Gemma 3 270M).
+"""Quality of weight-only int8 and int4 against the full-precision model (Gemma 3 270M).
 
 * Perplexity on held-out text: SciFact abstracts (never used for tuning), each up to
-  ``--ppl-tokens`` tokens, for fp32, bf16 and int8.
+  ``--ppl-tokens`` tokens, for fp32, bf16 and each quantized variant.
 * Answer agreement on the demo world's held-out questions, in two arms of the
   comparison: closed-book, and RAG with the fact's own document plus a distractor as
   sources (the prompts ``ragtune compare`` builds, through ``answer_questions``). The
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variants",
         default="int8",
-        help="int8 variants to check: int8 (layers and head), int8-layers (head in bf16)",
+        help="variants to check: int8 (layers and head), int8-layers (head in bf16), "
+        "int4 (group-wise 4-bit layers and head)",
     )
     args = ap.parse_args(argv)
     texts = heldout_texts(args.ppl_docs)

@@ -1,4 +1,4 @@
-"""Weight-only int8 (tiny model): the quantizer, the kernel, and the logits' tolerance."""
+"""Weight-only int8 and int4 (tiny model): the quantizer, the kernel, and the logits' tolerance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import torch
 
 from ragtune.errors import RagtuneError
 from ragtune.generate.engine import Generator, SamplingParams
-from ragtune.generate.quant import INT8_KERNEL_MAX_ROWS, Linear, quantize_int8
+from ragtune.generate.quant import (
+    INT4_KERNEL_MAX_ROWS,
+    INT8_KERNEL_MAX_ROWS,
+    Int4Linear,
+    Linear,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
 
 PROMPTS = [
     "Question: What is the capital of France?\nAnswer:",
@@ -77,3 +86,90 @@ def test_ask_with_int8(tiny_lm: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main([*args, "--int8", "--json", "--max-new-tokens", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["timings"]["generate_s"] > 0 and isinstance(out["answer"], str)
+
+
+def test_quantize_int4_is_groupwise_min_max() -> None:
+    w = torch.cat([torch.linspace(-1.0, 2.0, 32), torch.linspace(0.0, 0.15, 32)])[None]
+    codes, scale, lo = quantize_int4(w, group=32)
+    assert codes.dtype == torch.uint8 and codes.shape == (1, 64)
+    torch.testing.assert_close(scale, torch.tensor([[3.0 / 15, 0.15 / 15]]))
+    torch.testing.assert_close(lo, torch.tensor([[-1.0, 0.0]]))
+    assert codes[0, 0] == 0 and codes[0, 31] == 15 and codes[0, 32] == 0 and codes[0, 63] == 15
+    deq = (codes.float().view(1, 2, 32) * scale[..., None] + lo[..., None]).view(1, 64)
+    assert (deq - w).abs().max() <= scale.max() / 2 + 1e-6
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        quantize_int4(torch.ones(2, 48), group=32)
+
+
+def test_int4_pack_round_trips() -> None:
+    """unpack_int4 reads torch's packed layout back exactly (it breaks loudly if a torch
+    version changes the layout)."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (192, 96), generator=g).to(torch.uint8)
+    packed = pack_int4(codes)
+    assert packed.shape == (192, 48) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed), codes)
+
+
+@pytest.mark.parametrize("n", [128, 100])  # 100: rows padded to a block of 64, then cut
+def test_int4_kernel_equals_the_dequantized_matmul(n: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, 64, generator=g).bfloat16()
+    lin = Int4Linear.make(w)
+    assert lin.out_features == n and lin.nbytes < w.numel()  # under 1 byte a weight
+    dense = lin.dense()
+    assert dense.shape == (n, 64)
+    codes, scale, lo = quantize_int4(w)
+    ref_w = (codes.float().view(n, 2, 32) * scale[..., None] + lo[..., None]).view(n, 64)
+    torch.testing.assert_close(dense.float(), ref_w, atol=0.02, rtol=0.01)  # bf16 rounding
+    for rows in (1, 3, INT4_KERNEL_MAX_ROWS, INT4_KERNEL_MAX_ROWS + 5):  # kernel and dense
+        x = torch.randn(rows, 64, generator=g).bfloat16()
+        ref = x.float() @ dense.float().t()
+        y = lin(x)
+        assert y.shape == (rows, n)
+        torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.02)
+
+
+def test_int4_engine_equals_the_dequantized_model(tiny_lm: Path) -> None:
+    """The int4 engine computes the model whose weights are the dequantized int4 ones:
+    its logits equal a bf16 engine's on those weights (to bf16 accumulation order), for
+    the prefill and decode; batched equals alone. (How far int4 is from full precision on
+    the real model is bench/int8_quality.py's to measure, not a random tiny model's.)"""
+    import torch.nn as nn
+
+    from ragtune.models import load_lm
+
+    g4 = Generator.load(str(tiny_lm), device="cpu", dtype="float32", quantize="int4",
+                        slots=2, max_seq_len=128)  # fmt: skip
+    e4 = g4.scheduler.engine
+    assert isinstance(e4.w.head, Int4Linear) and isinstance(e4.w.layers[0].qkv, Int4Linear)
+    assert e4.w.embed.dtype == torch.bfloat16  # the lookup stays exact (untied from the head)
+    model, tok = load_lm(str(tiny_lm), device="cpu", dtype="float32")
+    with torch.no_grad():  # int4 groups run along each row: fusing q/k/v changes nothing
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                deq = Int4Linear.make(m.weight.detach().bfloat16()).dense().float()
+                m.weight = nn.Parameter(deq)  # lm_head gets its own copy: untied
+    gd = Generator(model, tok, dtype=torch.bfloat16, slots=1, max_seq_len=128)
+    for prompt in PROMPTS:
+        ids = torch.tensor(tok(prompt)["input_ids"])
+        with torch.inference_mode():
+            a, b = (e.logits(e.prefill(ids, 0, -1)).float()[0] for e in (gd.scheduler.engine, e4))
+        assert (a - b).abs().max() <= 0.03 * a.abs().max()
+    out4 = g4.generate(PROMPTS, max_new_tokens=6, stop=())
+    assert [o.new_tokens for o in out4] == [6, 6]
+    alone = [g4.generate([p], max_new_tokens=6, stop=())[0].text for p in PROMPTS]
+    assert [o.text for o in out4] == alone
+    g4.close()
+    gd.close()
+
+
+def test_ask_with_int4(tiny_lm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ragtune.cli import main
+
+    args = ["ask", "What is the capital of France?", "--model", str(tiny_lm), "--device", "cpu"]
+    assert main([*args, "--int4", "--json", "--max-new-tokens", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out["answer"], str)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ragtune.cli.common import (
     Progress,
@@ -73,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--max-new-tokens", type=int, default=cfg.generate.max_new_tokens)
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
-    p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
+    _add_quant_args(p)
     p.add_argument(
         "--backend",
         choices=["native", "llamacpp"],
@@ -93,7 +93,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--history", type=int, default=3, help="earlier turns kept in the prompt")
     p.add_argument("--device", default=cfg.generate.device)
     add_dtype_arg(p, "generation", cfg.generate.dtype)
-    p.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
+    _add_quant_args(p)
     p.add_argument(
         "--backend",
         choices=["native", "llamacpp"],
@@ -123,6 +123,28 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     )
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval_retrieval)
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    """--int8 / --int4 and --speculate: the generator's opt-in speed options."""
+    p.add_argument(
+        "--speculate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="prompt-lookup speculative decoding: verify up to K drafted tokens a step",
+    )
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--int8", action="store_true", help="int8 weights (CPU, Gemma 3)")
+    q.add_argument(
+        "--int4",
+        action="store_true",
+        help="group-wise int4 weights (CPU, Gemma 3): faster than --int8, less exact",
+    )
+
+
+def _quantize(args: argparse.Namespace) -> Literal["none", "int8", "int4"]:
+    return "int8" if args.int8 else "int4" if args.int4 else "none"
 
 
 def _meta(specs: list[str]) -> dict[str, str]:
@@ -218,8 +240,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         args.model,
         args.device,
         args.dtype,
-        quantize="int8" if args.int8 else "none",
+        quantize=_quantize(args),
         backend=args.backend,
+        speculate=args.speculate,
     )
     timings["load_model_s"] = time.perf_counter() - t1
     answer = answer_questions(
@@ -279,8 +302,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         args.model,
         args.device,
         args.dtype,
-        quantize="int8" if args.int8 else "none",
+        quantize=_quantize(args),
         backend=args.backend,
+        speculate=args.speculate,
     )
     out = console()
     out.print(

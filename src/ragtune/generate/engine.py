@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 
 Finish = Literal["stop", "eos", "length"]
 # "int8": every projection and the output head; "int8-layers": the layers only, the head
-# (tied to the embedding) stays in the compute dtype
-Quantize = Literal["none", "int8", "int8-layers"]
+# (tied to the embedding) stays in the compute dtype; "int4": group-wise 4-bit weights for
+# every projection and the head (half int8's bytes; see ragtune.generate.quant)
+Quantize = Literal["none", "int8", "int8-layers", "int4"]
+# (projection bits, head bits) per quantize setting; 16 = the compute dtype
+QUANT_BITS: dict[str, tuple[int, int]] = {
+    "none": (16, 16),
+    "int8": (8, 8),
+    "int8-layers": (8, 16),
+    "int4": (4, 4),
+}
 Backend = Literal["native", "llamacpp"]
 DEFAULT_SLOTS = 16
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -65,6 +73,8 @@ class Generator:
 
     ``slots`` requests run at once, each with a KV cache of ``max_seq_len`` positions,
     allocated up front; ``max_adapters`` LoRA adapters stay loaded (LRU past that).
+    ``speculate`` > 0 turns on prompt-lookup speculative decoding for greedy requests (up
+    to that many draft tokens verified per step; opt-in: see the scheduler).
     """
 
     tokenizer: Any
@@ -88,9 +98,12 @@ class Generator:
         slots: int = DEFAULT_SLOTS,
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
+        speculate: int = 0,
     ) -> None:
         import torch
 
+        if speculate < 0:
+            raise RagtuneError("speculate must be 0 (off) or a number of draft tokens")
         self._setup(tokenizer, name, quantize, next(model.parameters()).device)
         self.model = model
         self._max_context = int(getattr(model.config, "max_position_embeddings", 2048))
@@ -100,8 +113,8 @@ class Generator:
         if getattr(model.config, "model_type", "") != "gemma3_text":
             if quantize != "none":
                 raise RagtuneError(
-                    f"int8 needs a Gemma 3 model; {name} is {model.config.model_type}",
-                    "drop --int8 for this model",
+                    f"{quantize} needs a Gemma 3 model; {name} is {model.config.model_type}",
+                    f"drop --{quantize} for this model",
                 )
             log.info("%s: no native engine for this architecture; using transformers", name)
             return
@@ -112,13 +125,14 @@ class Generator:
         compute = dtype or next(model.parameters()).dtype
         if quantize != "none":
             if self._device.type != "cpu":
-                raise RagtuneError("int8 weights are for the CPU", "drop --int8 on a GPU")
-            compute = torch.bfloat16  # the int8 kernel's fast path takes bf16 activations
-        int8 = quantize != "none"
-        weights = GemmaWeights(model, compute, int8=int8, int8_head=quantize == "int8")
+                raise RagtuneError(
+                    f"{quantize} weights are for the CPU", f"drop --{quantize} on a GPU"
+                )
+            compute = torch.bfloat16  # the int8/int4 kernels' fast path takes bf16 activations
+        weights = GemmaWeights(model, compute, *QUANT_BITS[quantize])
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)
-        cache = KVCache(spec, slots, self._max_context, compute, self._device)
+        cache = KVCache(spec, slots, self._max_context, compute, self._device, slack=speculate)
         q, kv = spec.n_heads * spec.head_dim, spec.n_kv * spec.head_dim
         dims = {
             "qkv": (spec.hidden, (q, kv, kv)),
@@ -128,7 +142,8 @@ class Generator:
         }
         assert set(dims) == set(GROUPS)
         bank = AdapterBank(spec.n_layers, dims, max_adapters, compute, self._device)
-        self._sched = Scheduler(GemmaEngine(weights, cache, bank), tokenizer, self.eos_ids)
+        engine = GemmaEngine(weights, cache, bank)
+        self._sched = Scheduler(engine, tokenizer, self.eos_ids, speculate=speculate)
         self.model = None  # the fused weights replace it; the layers' memory is freed
 
     def _setup(self, tokenizer: Any, name: str, quantize: Quantize, device: torch.device) -> None:
@@ -181,14 +196,15 @@ class Generator:
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
         backend: Backend = "native",
+        speculate: int = 0,
     ) -> Generator:
         """``backend="llamacpp"`` runs a GGUF model with llama.cpp instead (see
         :meth:`load_llamacpp`; CPU, no int8 or adapters)."""
         if backend == "llamacpp":
-            if quantize != "none" or device not in ("auto", "cpu"):
+            if quantize != "none" or device not in ("auto", "cpu") or speculate:
                 raise RagtuneError(
                     "The llama.cpp backend runs its GGUF as stored, on the CPU",
-                    "drop --int8 / --device, or use the native backend",
+                    "drop --int8/--int4/--speculate/--device, or use the native backend",
                 )
             return cls.load_llamacpp(name_or_path, max_seq_len)
         from ragtune.models import load_lm, resolve_lm
@@ -202,6 +218,7 @@ class Generator:
             slots=slots,
             max_seq_len=max_seq_len,
             max_adapters=max_adapters,
+            speculate=speculate,
         )
 
     @property

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ragtune.generate.lora import AdapterBank
-from ragtune.generate.quant import Linear
+from ragtune.generate.quant import Int4Linear, Linear
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,12 @@ class Layer:
 
 
 class GemmaWeights:
-    """The weights of one model, fused for inference. ``head`` is untied when quantized
-    (``int8_head``), so the embedding lookup stays exact."""
+    """The weights of one model, fused for inference. ``bits`` (16 = the compute dtype,
+    8 or 4) is the projections' weight precision, ``head_bits`` the output head's; a
+    quantized head is untied from the embedding, so the embedding lookup stays exact."""
 
-    def __init__(self, model: Any, dtype: torch.dtype, int8: bool = False,
-                 int8_head: bool = True) -> None:  # fmt: skip
+    def __init__(self, model: Any, dtype: torch.dtype, bits: int = 16,
+                 head_bits: int = 16) -> None:  # fmt: skip
         self.spec = GemmaSpec.from_config(model.config)
         s = self.spec
         inner = model.model
@@ -94,9 +95,14 @@ class GemmaWeights:
         def norm(m: Any) -> torch.Tensor:  # kept in fp32, as transformers computes it
             return 1.0 + m.weight.detach().float()
 
+        def make(w: torch.Tensor, nbits: int) -> Linear:
+            if nbits == 4:
+                return Int4Linear.make(w.detach().to(dtype))
+            return Linear.make(w.detach().to(dtype), nbits == 8)
+
         def lin(*mods: Any) -> Linear:
             w = torch.cat([m.weight.detach() for m in mods]) if len(mods) > 1 else mods[0].weight
-            return Linear.make(w.detach().to(dtype), int8)
+            return make(w, bits)
 
         self.embed = inner.embed_tokens.weight.detach().to(dtype)  # (V, H), exact lookup
         self.embed_scale = torch.tensor(s.hidden**0.5, dtype=dtype).item()
@@ -121,10 +127,10 @@ class GemmaWeights:
             )
         self.final_norm = norm(inner.norm)
         head = model.lm_head.weight.detach()
-        if head.data_ptr() == inner.embed_tokens.weight.data_ptr() and not (int8 and int8_head):
+        if head.data_ptr() == inner.embed_tokens.weight.data_ptr() and head_bits == 16:
             self.head = Linear(self.embed)  # still tied: one copy
         else:
-            self.head = Linear.make(head.to(dtype), int8 and int8_head)
+            self.head = make(head, head_bits)
         # RoPE tables per layer type, from the model's own rotary module (any rope type).
         rot = inner.rotary_emb
         self.rope: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -145,12 +151,14 @@ class GemmaWeights:
 
 class KVCache:
     """Per-layer K and V, (slots, positions, n_kv, head_dim); sliding layers keep a ring of
-    ``window`` positions (entry ``p % window``), global layers ``max_len`` positions."""
+    ``window + slack`` positions (entry ``p % ring``), global layers ``max_len`` positions.
+    ``slack`` (speculative decoding's draft length) lets a step write several positions of
+    one request while its earlier rows still read the window behind them."""
 
     def __init__(self, spec: GemmaSpec, slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device) -> None:  # fmt: skip
+                 device: torch.device, slack: int = 0) -> None:  # fmt: skip
         self.slots, self.max_len = slots, max_len
-        self.ring = min(spec.window, max_len)
+        self.ring = min(spec.window + slack, max_len)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         for sliding in spec.sliding:
@@ -197,26 +205,29 @@ class GemmaEngine:
         self.w, self.cache, self.bank = weights, cache, bank
         self.spec = weights.spec
 
-    def _attn_proj(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
+    # Quantized projections take the dense path in prefill (many rows, compute-bound) and
+    # the int8/int4 kernel in decode, whatever the row count, so that a request's numbers
+    # do not depend on what it was batched with.
+    def _attn_proj(self, layer: int, x: torch.Tensor, lora: Any, dense: bool) -> torch.Tensor:
         lw = self.w.layers[layer]
-        y = lw.qkv(x)
+        y = lw.qkv(x, dense)
         if lora is not None:
             y = self.bank.apply(lora, layer, "qkv", x, y)
         return y
 
-    def _mlp(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
+    def _mlp(self, layer: int, x: torch.Tensor, lora: Any, dense: bool) -> torch.Tensor:
         lw, inter = self.w.layers[layer], self.spec.inter
-        gu = lw.gate_up(x)
+        gu = lw.gate_up(x, dense)
         if lora is not None:
             gu = self.bank.apply(lora, layer, "gate_up", x, gu)
         h = F.gelu(gu[..., :inter], approximate="tanh").mul_(gu[..., inter:])
-        y = lw.down(h)
+        y = lw.down(h, dense)
         if lora is not None:
             y = self.bank.apply(lora, layer, "down", h, y)
         return y
 
-    def _o(self, layer: int, x: torch.Tensor, lora: Any) -> torch.Tensor:
-        y = self.w.layers[layer].o(x)
+    def _o(self, layer: int, x: torch.Tensor, lora: Any, dense: bool) -> torch.Tensor:
+        y = self.w.layers[layer].o(x, dense)
         if lora is not None:
             y = self.bank.apply(lora, layer, "o", x, y)
         return y
@@ -248,7 +259,7 @@ class GemmaEngine:
         (sum T, H) sequence for every projection and MLP (few large matmuls instead of many
         small ones); attention runs per request on its own rows. Returns each request's
         last hidden state (n, H), or every row's when ``all_positions``."""
-        s, c = self.spec, self.cache
+        s = self.spec
         nh, nkv, hd = s.n_heads, s.n_kv, s.head_dim
         lens = [int(p.shape[0]) for p in prompts]
         ends = torch.tensor(lens).cumsum(0).tolist()
@@ -264,13 +275,13 @@ class GemmaEngine:
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
         local_masks: dict[int, torch.Tensor] = {}
         for n in set(lens):
-            if c.ring < n:  # sliding layers: key j visible from query i iff i - window < j <= i
+            if s.window < n:  # sliding layers: key j visible from query i iff i - window < j <= i
                 p = torch.arange(n, device=dev)
                 d = p[:, None] - p[None, :]
                 local_masks[n] = (d >= 0) & (d < s.window)  # (T, T)
         for i, lw in enumerate(self.w.layers):
             h = _rms(x, lw.in_norm, s.eps)
-            qkv = self._attn_proj(i, h, lora)  # (N, (nh+2nkv)*hd)
+            qkv = self._attn_proj(i, h, lora, True)  # (N, (nh+2nkv)*hd)
             qk = _qk_norm(qkv[:, : (nh + nkv) * hd].view(N, nh + nkv, hd), lw.qk_norm, s.eps)
             qk = _rope(qk, *ropes[lw.sliding])
             v = qkv[:, (nh + nkv) * hd :].view(N, nkv, hd)
@@ -279,9 +290,9 @@ class GemmaEngine:
                 for (a, b), slot in zip(spans, slots, strict=True)
             ]
             att = parts[0] if len(parts) == 1 else torch.cat(parts)
-            x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
+            x = x + _rms(self._o(i, att, lora, True), lw.post_attn_norm, s.eps)
             h = _rms(x, lw.pre_ff_norm, s.eps)
-            x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
+            x = x + _rms(self._mlp(i, h, lora, True), lw.post_ff_norm, s.eps)
         if all_positions:
             return x
         return x[[e - 1 for e in ends]]
@@ -314,8 +325,10 @@ class GemmaEngine:
         return att[0].transpose(0, 1).reshape(T, nh * hd)
 
     def decode(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """One token for each of B running requests: tokens (B,) at ``batch.positions``
-        in ``batch.slots``. Returns (B, H) hidden states."""
+        """One token for each of B rows: tokens (B,) at ``batch.positions`` in
+        ``batch.slots``. Several rows may share a slot at consecutive positions (a
+        speculative draft being verified, up to the cache's ``slack`` beyond the first):
+        each reads the keys up to its own position. Returns (B, H) hidden states."""
         s, c = self.spec, self.cache
         B = tokens.shape[0]
         nh, nkv, hd, g = s.n_heads, s.n_kv, s.head_dim, s.n_heads // s.n_kv
@@ -324,19 +337,28 @@ class GemmaEngine:
         x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
         n_glob = int(pos.max().item()) + 1
         n_loc = min(n_glob, c.ring)
-        # one row: every cached position it reads (up to pos) is its own, nothing to mask
-        masked = B > 1
+        # one row with a ring of exactly the window: every cached position it reads (up to
+        # pos) is its own and in its window, nothing to mask
+        masked = B > 1 or c.ring > s.window
         if masked:
             ar = torch.arange(n_glob, device=pos.device)
             glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
-            # ring entry j holds a position <= pos; it is valid once written (j <= pos)
-            loc_inv = (ar[None, :n_loc] > pos[:, None])[:, None, None]  # (B, 1, 1, n_loc)
+            # ring entry j holds the latest position q <= L with q % ring == j, L = the
+            # highest position written to the row's slot in this step; the row sees it iff
+            # pos - window < q <= pos (with ring == window and one row a slot: iff j <= pos)
+            last = pos
+            if c.ring > s.window:
+                last = torch.zeros(c.slots, dtype=pos.dtype, device=pos.device)
+                last = last.scatter_reduce(0, slots, pos, "amax")[slots]
+            q = last[:, None] - (last[:, None] - ar[None, :n_loc]) % c.ring  # (B, n_loc)
+            seen = (q >= 0) & (q > pos[:, None] - s.window) & (q <= pos[:, None])
+            loc_inv = (~seen)[:, None, None]  # (B, 1, 1, n_loc)
         # where each row's new K/V go in a layer's cache viewed as (slots * positions, ...)
         flat = {True: slots * c.ring + pos % c.ring, False: slots * c.max_len + pos}
         ropes = {k: (cos[pos][:, None], sin[pos][:, None]) for k, (cos, sin) in self.w.rope.items()}
         for i, lw in enumerate(self.w.layers):
             h = _rms(x, lw.in_norm, s.eps)
-            qkv = self._attn_proj(i, h, lora)  # (B, (nh+2nkv)*hd)
+            qkv = self._attn_proj(i, h, lora, False)  # (B, (nh+2nkv)*hd)
             qk = _qk_norm(qkv[:, : (nh + nkv) * hd].view(B, nh + nkv, hd), lw.qk_norm, s.eps)
             cos, sin = ropes[lw.sliding]
             qk = _rope(qk, cos, sin)
@@ -358,7 +380,7 @@ class GemmaEngine:
                 scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
             probs = torch.softmax(scores, dim=-1).to(V.dtype)
             att = torch.matmul(probs, V.transpose(1, 2)).reshape(B, nh * hd)
-            x = x + _rms(self._o(i, att, lora), lw.post_attn_norm, s.eps)
+            x = x + _rms(self._o(i, att, lora, False), lw.post_attn_norm, s.eps)
             h = _rms(x, lw.pre_ff_norm, s.eps)
-            x = x + _rms(self._mlp(i, h, lora), lw.post_ff_norm, s.eps)
+            x = x + _rms(self._mlp(i, h, lora, False), lw.post_ff_norm, s.eps)
         return x

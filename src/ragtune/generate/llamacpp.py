@@ -109,7 +109,7 @@ class LlamaCppScheduler(Scheduler):
         self.llm.eval(req.ids)
         return self._logits()[None]
 
-    def _decode(self, rows: list[Request]) -> torch.Tensor:
-        (req,) = rows
-        self.llm.eval([req.last])
+    def _decode(self, rows: list[tuple[Request, list[int]]]) -> torch.Tensor:
+        ((_, fed),) = rows  # one request, no draft (speculate is 0 here)
+        self.llm.eval(fed)
         return self._logits()[None]

@@ -1,4 +1,6 @@
-"""Weight-only int8 linear layers (per-output-channel symmetric scales).
+"""Weight-only int8 and int4 linear layers.
+
+int8: per-output-channel symmetric scales.
 
 ``W ≈ scale[:, None] * Wq`` with ``Wq = round(W / scale)`` in [-127, 127] and
 ``scale = max|W_row| / 127`` (the LLM.int8 / torchao ``Int8WeightOnlyConfig`` scheme,
@@ -7,6 +9,14 @@ quarter of fp32's bytes per weight is what makes it faster; activations stay bf1
 Small batches use PyTorch's own kernel ``aten._weight_int8pack_mm``; large ones (a
 prompt's prefill) dequantize the layer on the fly and use the dense bf16 matmul, which is
 faster there because it is compute-bound.
+
+int4 (opt-in, ``quantize="int4"``): group-wise asymmetric min/max quantization, the
+scheme of llama.cpp's Q4_1 and torchao's ``Int4WeightOnlyConfig``: each run of
+``INT4_GROUP`` weights along the input dimension gets its own ``scale = (max - min) / 15``
+and ``min``, ``code = round((w - min) / scale)`` in [0, 15], ``w ≈ code * scale + min``.
+About 0.625 bytes a weight (4 bits plus a bf16 scale and offset per 32), half of int8's
+bytes, read by PyTorch's ``aten._weight_int4pack_mm_for_cpu``; large batches unpack the
+codes and use the dense matmul, as int8 does.
 """
 
 from __future__ import annotations
@@ -19,6 +29,10 @@ import torch.nn.functional as F
 # Rows up to this many use the int8 kernel; more dequantize and use the dense matmul
 # (measured on a 2-core AVX512 CPU: the int8 kernel loses to bf16 from about 8-16 rows).
 INT8_KERNEL_MAX_ROWS = 32
+INT4_KERNEL_MAX_ROWS = 32
+# weights per int4 group (along the input dimension); the packed layout's block of rows
+INT4_GROUP = 32
+INT4_BLOCK_N = 64
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,6 +41,38 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = w32.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (N,)
     q = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
+
+
+def quantize_int4(
+    w: torch.Tensor, group: int = INT4_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) float weight -> (N, K) uint8 codes in [0, 15], and (N, K / group) fp32 scales
+    and minimums, so that ``w ≈ code * scale + min`` within each group."""
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"int4: input size {k} is not a multiple of the group size {group}")
+    wg = w.float().view(n, k // group, group)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    codes = torch.round((wg - lo[..., None]) / scale[..., None]).clamp_(0, 15)
+    return codes.to(torch.uint8).view(n, k), scale, lo
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) codes -> the layout ``_weight_int4pack_mm_for_cpu`` reads, (N, K / 2) uint8;
+    N must be a multiple of ``INT4_BLOCK_N``."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_int4` (torch 2.13's CPU layout: rows in blocks of 64;
+    within a block, byte ``k * 32 + j`` holds row ``j``'s code for column ``k`` in its low
+    nibble and row ``j + 32``'s in its high nibble). -> (N, K) uint8 codes."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    half = INT4_BLOCK_N // 2
+    blocks = packed.reshape(n // INT4_BLOCK_N, k, half)
+    both = torch.cat([blocks & 15, blocks >> 4], dim=2)  # (N / 64, K, 64)
+    return both.transpose(1, 2).reshape(n, k)
 
 
 @dataclass
@@ -58,11 +104,68 @@ class Linear:
             return self.w
         return self.w.to(self.scale.dtype) * self.scale[:, None]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        """``dense``: True = dequantize and use the dense matmul, False = the quantized
+        kernel, None = by the number of rows. A forward that must give each row the same
+        result whatever else is in the batch fixes it (the two round differently)."""
         if self.scale is None:
             return F.linear(x, self.w)
         rows = x.numel() // x.shape[-1]
-        if rows > INT8_KERNEL_MAX_ROWS or x.device.type != "cpu":
+        if dense is None:
+            dense = rows > INT8_KERNEL_MAX_ROWS
+        if dense or x.device.type != "cpu":
             return F.linear(x, self.dense())
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, -1), self.w, self.scale)
         return y.view(*x.shape[:-1], self.w.shape[0])
+
+
+@dataclass
+class Int4Linear(Linear):
+    """``y = x @ W.T`` for a group-wise int4 weight: ``w`` is the packed (N', K / 2) uint8
+    codes (N' = N rounded up to a whole block of rows; the extra rows are zero and cut
+    from the output), ``scale`` the kernel's (K / group, N', 2) scales and offsets (the
+    offset is ``min + 8 * scale``: the kernel computes ``(code - 8) * scale + offset``)."""
+
+    n: int = 0  # output features before padding
+    group: int = INT4_GROUP
+
+    @classmethod
+    def make(cls, w: torch.Tensor, int8: bool = False) -> Int4Linear:
+        n, k = w.shape
+        pad = -n % INT4_BLOCK_N
+        if pad:
+            w = torch.cat([w, w.new_zeros(pad, k)])
+        codes, scale, lo = quantize_int4(w)
+        sz = torch.stack([scale, lo + 8 * scale], -1).transpose(0, 1).contiguous()
+        return cls(pack_int4(codes), sz.to(w.dtype), n=n)
+
+    @property
+    def out_features(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        assert self.scale is not None
+        return self.w.numel() + self.scale.numel() * self.scale.element_size()
+
+    def dense(self) -> torch.Tensor:
+        assert self.scale is not None
+        codes = unpack_int4(self.w)  # (N', K)
+        n, k = codes.shape
+        scale, offset = self.scale[..., 0].t(), self.scale[..., 1].t()  # (N', K / group)
+        g = codes.view(n, k // self.group, self.group).to(self.scale.dtype) - 8
+        return g.mul_(scale[..., None]).add_(offset[..., None]).view(n, k)[: self.n]
+
+    def __call__(self, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        assert self.scale is not None
+        rows = x.numel() // x.shape[-1]
+        if dense is None:
+            dense = rows > INT4_KERNEL_MAX_ROWS
+        if dense or x.device.type != "cpu":
+            return F.linear(x, self.dense())
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.reshape(rows, -1), self.w, self.group, self.scale
+        )
+        if y.shape[1] != self.n:
+            y = y[:, : self.n]
+        return y.reshape(*x.shape[:-1], self.n)

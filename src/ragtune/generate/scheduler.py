@@ -101,9 +101,16 @@ class Scheduler:
     """Continuous batching over ragtune's own engine (:class:`GemmaEngine`). Subclasses
     with another forward override :meth:`_prefill_many` and :meth:`_decode`."""
 
-    def __init__(self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int]) -> None:
+    def __init__(
+        self, engine: GemmaEngine, tokenizer: Any, eos_ids: set[int], speculate: int = 0
+    ) -> None:
+        """``speculate``: draft up to this many tokens per greedy request and step by
+        prompt lookup (:func:`prompt_lookup`); the cache needs that much ring slack."""
         self.engine = engine
         self._setup(tokenizer, eos_ids, engine.cache.slots, engine.cache.max_len, engine.w.device)
+        if speculate and engine.cache.ring < min(engine.spec.window + speculate, self.max_len):
+            raise ValueError("speculative decoding needs a KV cache with ring slack >= speculate")
+        self.speculate = speculate
 
     def _setup(self, tokenizer: Any, eos_ids: set[int], n_slots: int, max_len: int,
                device: torch.device) -> None:  # fmt: skip
@@ -116,6 +123,9 @@ class Scheduler:
         self.evictions: list[str] = []  # adapter names to evict (by the scheduler thread)
         self.thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and benchmarks)
+        self.speculate = 0
+        self.drafted = 0  # draft tokens proposed and accepted (speculative decoding)
+        self.accepted = 0
 
     def submit(self, req: Request) -> RequestHandle:
         with self.cond:
@@ -225,25 +235,49 @@ class Scheduler:
         return self.engine.logits(h).float()
 
     def _step(self) -> None:
-        rows = [r for r in self.running if r is not None]
+        reqs = [r for r in self.running if r is not None]
+        drafts = [self._draft(r) for r in reqs]
+        rows = [(r, [r.last, *d]) for r, d in zip(reqs, drafts, strict=True)]
         logits = self._decode(rows)
         greedy = logits.argmax(-1).tolist()
         self.steps += 1
-        for j, r in enumerate(rows):
-            self._accept(r, logits[j], greedy[j])
+        j = 0
+        for r, draft in zip(reqs, drafts, strict=True):
+            # speculative decoding's greedy rule (Leviathan et al. 2023): row i's logits
+            # are valid while every draft token before it equals the token chosen there
+            for i in range(len(draft) + 1):
+                self._accept(r, logits[j + i], greedy[j + i])
+                if r.slot < 0 or i == len(draft) or greedy[j + i] != draft[i]:
+                    break
+                self.accepted += 1
+            j += len(draft) + 1
 
-    def _decode(self, rows: list[Request]) -> torch.Tensor:
-        """Feed every running request its next token; (B, V) fp32 logits."""
+    def _draft(self, req: Request) -> list[int]:
+        """Draft tokens to verify after ``req.last`` (greedy requests only): prompt
+        lookup, cut so the request cannot pass ``max_tokens`` or the cache."""
+        p = req.params
+        k = min(self.speculate, p.max_tokens - len(req.tokens) - 1, self.max_len - 2 - req.pos)
+        if k <= 0 or p.temperature > 0.0:
+            return []
+        draft = prompt_lookup([*req.ids, *req.tokens], k)
+        self.drafted += len(draft)
+        return draft
+
+    def _decode(self, rows: list[tuple[Request, list[int]]]) -> torch.Tensor:
+        """Feed every running request its next token (and its draft tokens after it, at
+        the following positions); (rows, V) fp32 logits, one row per token fed."""
         dev = self.device
-        slots = [r.slot for r in rows]
-        lora = [r.lora_slot for r in rows]
+        slots = [r.slot for r, fed in rows for _ in fed]
+        lora = [r.lora_slot for r, fed in rows for _ in fed]
         batch = Batch(
             slots=torch.tensor(slots, device=dev),
-            positions=torch.tensor([r.pos for r in rows], device=dev),
+            positions=torch.tensor(
+                [r.pos + i for r, fed in rows for i in range(len(fed))], device=dev
+            ),
             lora_rows=torch.tensor(lora, device=dev) if max(lora) >= 0 else None,
-            contiguous=slots == list(range(len(rows))),
+            contiguous=slots == list(range(len(slots))),
         )
-        tokens = torch.tensor([r.last for r in rows], device=dev)
+        tokens = torch.tensor([t for _, fed in rows for t in fed], device=dev)
         return self.engine.logits(self.engine.decode(tokens, batch)).float()
 
     def _accept(self, req: Request, logits: torch.Tensor, greedy: int | None) -> None:
@@ -324,3 +358,17 @@ class Scheduler:
         req.done.set()
         if req.on_done is not None:
             req.on_done()
+
+
+def prompt_lookup(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Prompt-lookup drafting (Saxena 2023, "Prompt Lookup Decoding"): find the most recent
+    earlier occurrence of the context's last ``n`` tokens (n = max_ngram down to 1) and
+    propose the (up to) ``k`` tokens that followed it. RAG answers copy spans of their
+    sources, so such drafts are often right; [] when nothing matches."""
+    size = len(context)
+    for n in range(min(max_ngram, size - 1), 0, -1):
+        tail = context[size - n :]
+        for start in range(size - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                return context[start + n : start + n + k]
+    return []

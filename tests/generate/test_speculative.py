@@ -1,0 +1,86 @@
+"""Prompt-lookup speculative decoding (tiny model, fp32): greedy tokens identical to plain
+decoding, through rejected drafts (their K/V rolled back by position) and sliding-window
+layers whose ring has wrapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragtune.generate.engine import Generator, SamplingParams
+from ragtune.generate.scheduler import prompt_lookup
+
+# repeated phrases: the drafts find matches; long enough to pass the tiny model's
+# 64-token sliding window, so the rings wrap while drafts are verified
+PROMPTS = [
+    "the cat sat on the mat. the cat sat on the mat. the cat sat on the",
+    "Question: What is the capital of France?\nAnswer: Paris. " * 4 + "Question: What is",
+    "one two three four five six seven eight nine ten one two three four five six seven"
+    " eight nine ten one two three",
+]
+
+
+def test_prompt_lookup_takes_the_most_recent_longest_match() -> None:
+    assert prompt_lookup([1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3], k=2) == [7, 8]
+    assert prompt_lookup([5, 1, 2, 6, 1, 4, 4, 2], k=3) == [6, 1, 4]  # 1-gram "2"
+    assert prompt_lookup([1, 2, 3, 4], k=3) == []  # no earlier occurrence
+    assert prompt_lookup([4, 5, 6, 4, 5], k=10) == [6, 4, 5]  # up to the end
+    assert prompt_lookup([7], k=3) == []
+
+
+@pytest.fixture(scope="module")
+def generators(tiny_lm: Path) -> tuple[Generator, Generator]:
+    kw = dict(device="cpu", dtype="float32", slots=4, max_seq_len=256)
+    plain = Generator.load(str(tiny_lm), **kw)  # type: ignore[arg-type]
+    spec = Generator.load(str(tiny_lm), **kw, speculate=4)  # type: ignore[arg-type]
+    yield plain, spec
+    plain.close()
+    spec.close()
+
+
+def test_greedy_tokens_equal_plain_decoding(generators: tuple[Generator, Generator]) -> None:
+    plain, spec = generators
+    assert spec.scheduler.engine.cache.ring == 64 + 4
+    n = 40
+    params = SamplingParams(max_tokens=n)
+    ref = [plain.submit(p, params).result() for p in PROMPTS]
+    sched = spec.scheduler
+    steps0 = sched.steps
+    alone = [spec.submit(p, params).result() for p in PROMPTS]
+    batched = [h.result() for h in [spec.submit(p, params) for p in PROMPTS]]
+    for a, b, c in zip(ref, alone, batched, strict=True):
+        assert b.text == a.text and c.text == a.text
+        assert b.completion_tokens == a.completion_tokens == c.completion_tokens
+    # the drafts were used: some accepted (fewer steps than tokens), some rejected
+    assert sched.accepted > 0 and sched.drafted > sched.accepted
+    tokens = sum(c.completion_tokens for c in alone)
+    assert sched.steps - steps0 < 2 * tokens
+
+
+def test_max_tokens_and_sampling_are_kept(generators: tuple[Generator, Generator]) -> None:
+    plain, spec = generators
+    for n in (1, 2, 5):
+        out = spec.submit(PROMPTS[0], SamplingParams(max_tokens=n)).result()
+        assert out.completion_tokens <= n
+        assert out.text == plain.submit(PROMPTS[0], SamplingParams(max_tokens=n)).result().text
+    sampled = SamplingParams(max_tokens=8, temperature=0.8, seed=3)
+    drafted = spec.scheduler.drafted
+    a = spec.submit(PROMPTS[1], sampled).result()
+    assert spec.scheduler.drafted == drafted  # sampled requests are never drafted
+    assert a.text == plain.submit(PROMPTS[1], sampled).result().text
+
+
+def test_ask_with_speculate(tiny_lm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ragtune.cli import main
+
+    args = ["ask", PROMPTS[0], "--model", str(tiny_lm), "--device", "cpu", "--dtype", "float32"]
+    answers = []
+    for extra in ([], ["--speculate", "3"]):
+        assert main([*args, *extra, "--json", "--max-new-tokens", "12"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)["answer"])
+    assert answers[0] == answers[1]
+    assert main([*args, "--speculate", "-1"]) != 0
+    assert "speculate must be 0" in capsys.readouterr().err
