@@ -153,3 +153,25 @@ def test_the_option_and_the_config_reach_compare_and_make_qa(
     qa = ["make-qa", str(docs), "--out", str(tmp_path / "qa.jsonl"), "--method", "model"]
     assert main(qa) == 2  # the fake loader's error
     assert seen == ["transformers", "native", "transformers", "transformers"]
+
+
+@pytest.mark.integration
+def test_llamacpp_engine_runs_an_f16_gguf_of_the_same_weights(
+    default_lm: Path, models_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The llama.cpp engine of compare: the default model's converted folder written once
+    as an f16 GGUF in the cache (reused after), answering as the model does."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional extra)")
+    monkeypatch.setenv("RAGTUNE_HOME", str(models_home))
+    g = load_generator("default", "cpu", "auto", "llamacpp")
+    try:
+        path = Path(g.name)
+        assert g.backend == "llamacpp" and path.name == "model-f16.gguf"
+        assert path.parent.parent == models_home / "cache" / "gguf"
+        (out,) = g.generate([PROMPTS[0]], max_new_tokens=4)
+        assert out.text.startswith("Paris")
+    finally:
+        g.close()
+    written = path.stat().st_mtime_ns
+    load_generator("default", "cpu", "auto", "llamacpp").close()
+    assert path.stat().st_mtime_ns == written  # converted once
