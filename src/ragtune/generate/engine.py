@@ -74,7 +74,7 @@ def check_llamacpp(
 ) -> None:
     """Refuse, in one line, what the llama.cpp backend cannot run: int8 weights, a device
     other than the CPU, or (``installed``) no ``llama-cpp-python`` installed."""
-    from ragtune.generate.llamacpp import llamacpp_available
+    from ragtune.generate.llamacpp import llamacpp_available, not_installed
 
     if quantize != "none" or device not in ("auto", "cpu"):
         raise RagtuneError(
@@ -82,11 +82,7 @@ def check_llamacpp(
             "drop --int8 / --device, or use the native backend",
         )
     if installed and not llamacpp_available():
-        raise RagtuneError(
-            "The llama.cpp backend needs llama-cpp-python, which is not installed",
-            "pip install 'ragtune[llamacpp]' (it compiles llama.cpp, about 15 minutes), "
-            "or use the native backend",
-        )
+        raise not_installed()
 
 
 def load_generator(model: str, device: str, dtype: str, backend: Backend) -> Generator:

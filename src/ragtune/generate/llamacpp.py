@@ -35,6 +35,14 @@ def llamacpp_available() -> bool:
     return True
 
 
+def not_installed() -> RagtuneError:
+    return RagtuneError(
+        "The llama.cpp backend needs llama-cpp-python, which is not installed",
+        "pip install 'ragtune[llamacpp]' (it compiles llama.cpp, about 15 minutes), "
+        "or use the native backend",
+    )
+
+
 def gguf_path(name_or_path: str) -> Path:
     """``default`` (the Q4_K_M GGUF the default model ships as) or a ``.gguf`` file."""
     if name_or_path == "default":
@@ -77,11 +85,7 @@ def load_llama(path: Path, n_ctx: int) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise RagtuneError(
-            "The llama.cpp backend needs llama-cpp-python, which is not installed",
-            "pip install 'ragtune[llamacpp]' (it compiles llama.cpp, about 15 minutes), "
-            "or use the native backend",
-        ) from None
+        raise not_installed() from None
     threads = os.cpu_count() or 1
     return Llama(
         str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
