@@ -4,6 +4,7 @@ reports. Prints one JSON object, then a one-line summary.
     python bench/demo.py                     # cold: a fresh data directory (model conversion
                                              # and ONNX export included)
     python bench/demo.py --home ~/.ragtune   # warm: reuse a data directory
+    python bench/demo.py --home ~/.ragtune --lm-backend transformers   # another engine
 """
 
 from __future__ import annotations
@@ -34,13 +35,19 @@ ARM_KEYS = (
     "citation_correct",
     "prep_s",
     "latency_p50_s",
+    "tokens_per_s",
+    "lm_backend",
 )
 
 
-def run_demo(home: Path, out: Path, seed: int, dtype: str) -> float:
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_demo(home: Path, out: Path, seed: int, dtype: str, lm_backend: str) -> float:
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "ragtune.cli", "demo", "--out", str(out), "--seed", str(seed),
-           "--dtype", dtype]  # fmt: skip
+           "--dtype", dtype, "--lm-backend", lm_backend]  # fmt: skip
     # The demo's own output goes to stderr, so stdout holds only the JSON report.
     proc = subprocess.run(cmd, env={**os.environ, "RAGTUNE_HOME": str(home)}, stdout=sys.stderr)
     if proc.returncode != 0:
@@ -53,17 +60,29 @@ def main() -> int:
     ap.add_argument("--home", type=Path, help="RAGTUNE_HOME to use (default: a fresh one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument(
+        "--lm-backend",
+        default="native",
+        choices=["native", "transformers", "llamacpp"],
+        help="generation engine of every arm (ragtune demo --lm-backend)",
+    )
     args = ap.parse_args()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home or Path(tmp) / "home"
-        wall_s = run_demo(home, Path(tmp) / "report", args.seed, args.dtype)
+        wall_s = run_demo(home, Path(tmp) / "report", args.seed, args.dtype, args.lm_backend)
         results: dict[str, Any] = json.loads((Path(tmp) / "report" / "results.json").read_text())
+    load_after = load_average()
     fresh = results.get("freshness") or {}
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
         "cold": args.home is None,
         "seed": args.seed,
         "dtype": args.dtype,
+        "lm_backend": results["settings"].get("lm_backend", "native"),
+        "load_average_before": load_before,  # 1, 5, 15 minutes (os.getloadavg)
+        "load_average_after": load_after,
+        "cpu_count": os.cpu_count(),
         "ragtune_version": results.get("ragtune_version"),
         "wall_s": round(wall_s, 1),
         "budget_s": BUDGET_S,
@@ -81,7 +100,8 @@ def main() -> int:
     print(json.dumps(report, indent=2))
     arms = report["arms"]
     print(
-        f"ragtune demo ({'cold' if report['cold'] else 'warm'}): {wall_s / 60:.1f} min "
+        f"ragtune demo ({'cold' if report['cold'] else 'warm'}, {report['lm_backend']}): "
+        f"{wall_s / 60:.1f} min "
         f"(budget 15); F1 base {arms['base']['f1']:.3f}, rag {arms['rag']['f1']:.3f}, "
         f"ft {arms['ft']['f1']:.3f}, ft_rag {arms['ft_rag']['f1']:.3f}; ft on unseen question "
         f"templates {arms['ft']['f1_unseen_template']:.3f}; format ft "

@@ -29,6 +29,10 @@ from ragtune.types import SearchMode
 EmbedBackend = Literal["torch", "onnx", "onnx-int8"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Fusion = Literal["rrf", "convex"]
+# The engine that generates text (not the embedding backend): ragtune's own continuous-
+# batching engine, transformers' model with its KV cache (what ragtune used before the
+# native engine), or llama.cpp on a GGUF (needs llama-cpp-python)
+LmBackend = Literal["native", "transformers", "llamacpp"]
 
 
 def ragtune_home() -> Path:
@@ -82,6 +86,7 @@ class GenerateConfig:
     batch_size: int = 16
     device: str = "auto"  # "auto" = cuda when available, else cpu
     dtype: Dtype = "auto"  # bfloat16 where the hardware multiplies it natively, else float32
+    lm_backend: LmBackend = "native"  # compare, demo, make-qa (--lm-backend)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from types import TracebackType
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.progress import (
@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
-from ragtune.config import RetrieveConfig
+from ragtune.config import LmBackend, RetrieveConfig
 
 PHASES = {
     "read": "reading files",
@@ -81,6 +81,19 @@ def add_dtype_arg(p: argparse.ArgumentParser, what: str, default: str = "auto") 
         choices=["auto", "float32", "bfloat16"],
         default=default,
         help=f"precision of {what} (auto: bfloat16 where the hardware has it natively)",
+    )
+
+
+def add_lm_backend_arg(p: argparse.ArgumentParser, default: str = "native") -> None:
+    """``--lm-backend native|transformers|llamacpp``: the generation engine (``compare``,
+    ``demo``, ``make-qa``; not the embedding ``--backend``)."""
+    p.add_argument(
+        "--lm-backend",
+        choices=list(get_args(LmBackend)),
+        default=default,
+        help="generation engine: native (ragtune's continuous batching), transformers "
+        "(transformers' model, static batches, as before the native engine) or llamacpp "
+        f"(an f16 GGUF of the same weights; needs llama-cpp-python). Default {default}",
     )
 
 

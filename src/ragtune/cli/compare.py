@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from ragtune.cli.common import add_dtype_arg, console, print_json
+from ragtune.cli.common import add_dtype_arg, add_lm_backend_arg, console, print_json
 from ragtune.cli.tune import _auto_float, _auto_int
 from ragtune.config import Config, IngestConfig
 from ragtune.errors import RagtuneError
@@ -143,6 +143,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=gen.device)
     add_dtype_arg(p, "training and generation in every arm", gen.dtype)
+    add_lm_backend_arg(p, gen.lm_backend)
     p.add_argument("--json", action="store_true", help="print results.json's arm summary")
     p.set_defaults(func=cmd_compare)
 
@@ -155,6 +156,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--freshness", type=int, default=4)
     p.add_argument("--device", default=gen.device)
     add_dtype_arg(p, "training and generation in every arm", gen.dtype)
+    add_lm_backend_arg(p, gen.lm_backend)
     p.set_defaults(func=cmd_demo)
 
 
@@ -191,6 +193,7 @@ def _settings(args: argparse.Namespace) -> CompareSettings:
         chunk_overlap=args.chunk_overlap,
         embedder=args.embedder,
         backend=args.backend,
+        lm_backend=args.lm_backend,
         keep_kb=args.keep_kb,
     )
 
@@ -253,6 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_size_train=4,
+        lm_backend=args.lm_backend,
     )
     inputs = CompareInputs(
         questions=files["questions"], docs=(files["docs"],), train=files["train"], fmt=fmt

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ragtune.cli.common import console, print_json
+from ragtune.cli.common import add_lm_backend_arg, console, print_json
 from ragtune.config import Config
 from ragtune.errors import RagtuneError
 from ragtune.io import write_text_atomic
@@ -51,6 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction, cfg: Config) -> None:
     p.add_argument("--system", help="system message for every example")
     p.add_argument("--seed", type=int, default=0, help="order in which passages are used")
     p.add_argument("--device", default=cfg.generate.device)
+    add_lm_backend_arg(p, cfg.generate.lm_backend)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_make_qa)
 
@@ -70,15 +71,19 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
         raise RagtuneError(
             "--generator-url is not used by --method template", "use --method model or both"
         )
+    if args.lm_backend == "llamacpp" and method != "template" and not args.generator_url:
+        from ragtune.generate.engine import check_llamacpp
+
+        check_llamacpp(device=args.device)
 
     def model_writer() -> QAWriter:
         if args.generator_url:
             return EndpointQAWriter(
                 args.generator_url, args.generator_model, os.environ.get(args.api_key_env, "")
             )
-        from ragtune.generate.engine import Generator
+        from ragtune.generate.engine import load_generator
 
-        return LocalQAWriter(Generator.load(args.base, device=args.device))
+        return LocalQAWriter(load_generator(args.base, args.device, "auto", args.lm_backend))
 
     writer = qa_writer(method, model_writer)
     records, report = make_qa_files(
@@ -104,6 +109,7 @@ def cmd_make_qa(args: argparse.Namespace) -> int:
                 "out": str(args.out),
                 **dataclasses.asdict(report),
                 "dropped_by_reason": report.dropped_by_reason,
+                "lm_backend": None if args.generator_url else args.lm_backend,
             }
         )
         return 0

@@ -12,8 +12,9 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
+from ragtune.config import LmBackend
 from ragtune.generate.prompts import RAG_FEWSHOT
 from ragtune.types import Answer, SearchMode
 
@@ -34,6 +35,7 @@ class ArmSpec:
     format_spec: str | None = None  # a required answer form (--format-check SPEC)
     device: str = "auto"
     dtype: str = "auto"
+    lm_backend: LmBackend = "native"  # the generation engine (native, transformers, llamacpp)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +51,8 @@ class ArmSpec:
             value = getattr(spec, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ArmSpec.{name} must be a positive integer, got {value!r}")
+        if spec.lm_backend not in get_args(LmBackend):
+            raise ValueError(f"ArmSpec.lm_backend must be one of {get_args(LmBackend)}")
         fewshot = [(str(q), str(a)) for q, a in spec.fewshot] if spec.fewshot is not None else None
         return replace(spec, fewshot=fewshot)
 
@@ -61,13 +65,13 @@ def peak_rss_mb() -> float:
 def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
     from ragtune.evaluate.formats import parse_format_spec
     from ragtune.generate.answer import generate_answers, prompt_template
-    from ragtune.generate.engine import Generator
+    from ragtune.generate.engine import load_generator
     from ragtune.retrieve.kb import KnowledgeBase
 
     if not spec.questions:
         raise ValueError(f"arm {spec.arm}: no questions to answer")
     t0 = time.perf_counter()
-    generator = Generator.load(spec.model, device=spec.device, dtype=spec.dtype)
+    generator = load_generator(spec.model, spec.device, spec.dtype, spec.lm_backend)
     contexts = None
     retrieve_s: list[float] = [0.0] * len(spec.questions)
     if spec.kb:
@@ -113,6 +117,8 @@ def run_arm(spec: ArmSpec, show_progress: bool = True) -> dict[str, Any]:
         "retrieve_s": retrieve_s,
         "load_s": load_s,
         "generate_wall_s": generate_s,
+        "lm_backend": generator.backend,  # what generated the answers
+        "lm": generator.name,
         "new_tokens": sum(int(a.timings["new_tokens"]) for a, _ in pairs),
         "peak_rss_mb": peak_rss_mb(),
     }

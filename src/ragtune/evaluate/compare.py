@@ -257,6 +257,7 @@ def arm_metrics(
         tokens_per_s=result["new_tokens"] / max(1e-9, result["generate_wall_s"]),
         answer_peak_memory_mb=result["peak_rss_mb"],
         weights_changed=arm in FT_ARMS,
+        lm_backend=result.get("lm_backend", "native"),  # the engine that wrote the answers
     )
     prep, mem, size, trained = 0.0, result["peak_rss_mb"], 0.0, 0
     kb_s = train_s = gen_s = None

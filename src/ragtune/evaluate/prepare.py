@@ -127,6 +127,7 @@ def prepare_training(
         device=settings.device,
         method=settings.qa_method,
         train_docs=settings.train_docs,
+        lm_backend=settings.lm_backend,
     )
     result = read_json(state / "make-qa.json") or run_in_child(
         "make-qa", spec, state / "make-qa.json", state / "make-qa.job.json"
@@ -336,4 +337,5 @@ def arm_spec(
         format_spec=format_spec,
         device=settings.device,
         dtype=settings.dtype,
+        lm_backend=settings.lm_backend,
     )

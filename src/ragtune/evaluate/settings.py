@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from ragtune.config import EmbedBackend
+from ragtune.config import EmbedBackend, LmBackend
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.formats import FormatSpec
 from ragtune.io import file_sha256
@@ -62,7 +62,8 @@ class CompareSettings:
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     embedder: str | None = None  # None: the default embedder
-    backend: EmbedBackend | None = None
+    backend: EmbedBackend | None = None  # the embedding backend
+    lm_backend: LmBackend = "native"  # the generation engine of every arm and of make-qa
     keep_kb: bool = False  # keep the knowledge base in RAGTUNE_HOME after the report
 
     @property
@@ -148,6 +149,14 @@ def validate(settings: CompareSettings, inputs: CompareInputs) -> None:
         raise RagtuneError(f"Unknown dtype {s.dtype!r}", "use auto, float32 or bfloat16")
     if s.backend is not None and s.backend not in get_args(EmbedBackend):
         raise RagtuneError(f"Unknown backend {s.backend!r}", "use torch, onnx or onnx-int8")
+    if s.lm_backend not in get_args(LmBackend):
+        raise RagtuneError(
+            f"Unknown generation backend {s.lm_backend!r}", "use native, transformers or llamacpp"
+        )
+    if s.lm_backend == "llamacpp":
+        from ragtune.generate.engine import check_llamacpp
+
+        check_llamacpp(device=s.device)
     _positive("--epochs", s.epochs, "--epochs (auto or a positive integer)")
     _positive("--lr-multiplier", s.lr_multiplier, "--lr-multiplier (auto or a positive number)")
     _positive("--batch-size", s.batch_size_train, "--batch-size (auto or a positive integer)")

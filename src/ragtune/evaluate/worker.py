@@ -16,8 +16,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from ragtune.config import LmBackend
 from ragtune.errors import RagtuneError
 from ragtune.evaluate.arm import ArmSpec, peak_rss_mb, run_arm
 from ragtune.io import write_json_atomic
@@ -68,12 +69,15 @@ class MakeQASpec:
     paraphrases: int = 2
     method: str = "template"  # model, template or both (ragtune.tune.templateqa.QAMethod)
     train_docs: bool = True  # add the passages read as raw-text examples
+    lm_backend: LmBackend = "native"  # the generation engine (method model or both)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MakeQASpec:
         from ragtune.tune.templateqa import QA_METHODS
 
         spec = cls(**d)
+        if spec.lm_backend not in get_args(LmBackend):
+            raise ValueError(f"MakeQASpec.lm_backend must be one of {get_args(LmBackend)}")
         if spec.max_pairs < 1 or spec.paraphrases < 0:
             raise ValueError("MakeQASpec.max_pairs must be positive, paraphrases 0 or more")
         if spec.method not in QA_METHODS:
@@ -105,9 +109,9 @@ def _make_qa(spec: MakeQASpec) -> dict[str, Any]:
     from ragtune.tune.qa_writers import qa_writer
 
     def model_writer() -> LocalQAWriter:
-        from ragtune.generate.engine import Generator
+        from ragtune.generate.engine import load_generator
 
-        return LocalQAWriter(Generator.load(spec.base, device=spec.device))
+        return LocalQAWriter(load_generator(spec.base, spec.device, "auto", spec.lm_backend))
 
     t0 = time.perf_counter()
     writer = qa_writer(spec.method, model_writer)  # type: ignore[arg-type]  # checked
@@ -130,6 +134,7 @@ def _make_qa(spec: MakeQASpec) -> dict[str, Any]:
         "records": len(records),
         "report": {**dataclasses.asdict(report), "dropped_by_reason": report.dropped_by_reason},
         "generate_s": time.perf_counter() - t0,
+        "lm_backend": spec.lm_backend,
     }
 
 

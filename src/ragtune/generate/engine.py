@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ragtune.config import LmBackend
 from ragtune.errors import RagtuneError
 from ragtune.generate.prompts import STOP_STRINGS
 from ragtune.generate.sampling import Completion, SamplingParams, TokenDelta
@@ -31,7 +32,15 @@ if TYPE_CHECKING:
 
     from ragtune.generate.scheduler import RequestHandle, Scheduler
 
-__all__ = ["Completion", "Generation", "Generator", "SamplingParams", "TokenDelta", "cut_at_stop"]
+__all__ = [
+    "Completion",
+    "Generation",
+    "Generator",
+    "SamplingParams",
+    "TokenDelta",
+    "cut_at_stop",
+    "load_generator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ QUANT_BITS: dict[str, tuple[int, int]] = {
     "int8-layers": (8, 16),
     "int4": (4, 4),
 }
-Backend = Literal["native", "llamacpp"]
+Backend = LmBackend  # native, transformers or llamacpp
 DEFAULT_SLOTS = 16
 DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_MAX_ADAPTERS = 8
@@ -66,6 +75,46 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` before the earliest occurrence of any stop string."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def check_llamacpp(
+    quantize: Quantize = "none", device: str = "auto", installed: bool = True
+) -> None:
+    """Refuse, in one line, what the llama.cpp backend cannot run: int8 weights, a device
+    other than the CPU, or (``installed``) no ``llama-cpp-python`` installed."""
+    from ragtune.generate.llamacpp import llamacpp_available, not_installed
+
+    if quantize != "none" or device not in ("auto", "cpu"):
+        raise RagtuneError(
+            "The llama.cpp backend runs its GGUF as stored, on the CPU",
+            "drop --int8/--int4 / --device, or use the native backend",
+        )
+    if installed and not llamacpp_available():
+        raise not_installed()
+
+
+def load_generator(model: str, device: str, dtype: str, backend: Backend) -> Generator:
+    """The generator of ``compare``, ``demo`` and ``make-qa``: ``model`` (``default``, a
+    model folder or a ``ragtune tune`` run) on ``backend``, every backend running the same
+    weights. For llama.cpp that is an f16 GGUF of the model folder, written once
+    (:func:`ragtune.generate.llamacpp.gguf_of_folder`) inside a ``ragtune tune`` run (its
+    merged model: llama.cpp serves no per-request adapters here) or else under
+    ``$RAGTUNE_HOME/cache/gguf``."""
+    if backend != "llamacpp":
+        return Generator.load(model, device=device, dtype=dtype, backend=backend)
+    from ragtune.config import ragtune_home
+    from ragtune.generate.llamacpp import gguf_of_folder
+    from ragtune.models import resolve_lm
+
+    check_llamacpp(device=device)
+    folder = resolve_lm(model)
+    in_run = folder.name == "merged" and (folder.parent / "manifest.json").is_file()
+    cache = folder.parent / "gguf" if in_run else ragtune_home() / "cache" / "gguf"
+    return Generator.load(str(gguf_of_folder(folder, cache)), backend="llamacpp")
+
+
+def _is_gemma(model: Any) -> bool:
+    return getattr(model.config, "model_type", "") == "gemma3_text"
 
 
 class Generator:
@@ -99,7 +148,11 @@ class Generator:
         max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
         max_adapters: int = DEFAULT_MAX_ADAPTERS,
         speculate: int = 0,
+        backend: Literal["native", "transformers"] = "native",
     ) -> None:
+        """``backend="transformers"`` keeps transformers' own model and decodes with it
+        (:mod:`ragtune.generate.hf_fallback`: greedy batches only), as ragtune did before
+        its native engine; other architectures than Gemma 3 always do."""
         import torch
 
         if speculate < 0:
@@ -110,13 +163,19 @@ class Generator:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
         self.eos_ids = {int(e) for e in eos_ids if e is not None}
-        if getattr(model.config, "model_type", "") != "gemma3_text":
-            if quantize != "none":
+        gemma = _is_gemma(model)
+        if backend == "transformers" or not gemma:
+            why = "the transformers backend" if gemma else f"{name}'s architecture"
+            if quantize != "none" or speculate:
+                what = f"{quantize} weights" if quantize != "none" else "--speculate"
+                flag = f"--{quantize}" if quantize != "none" else "--speculate"
                 raise RagtuneError(
-                    f"{quantize} needs a Gemma 3 model; {name} is {model.config.model_type}",
-                    f"drop --{quantize} for this model",
+                    f"{what} need the native engine, which {why} does not use",
+                    f"drop {flag}, or use --lm-backend native with a Gemma 3 model",
                 )
-            log.info("%s: no native engine for this architecture; using transformers", name)
+            if not gemma:
+                log.info("%s: no native engine for this architecture; using transformers", name)
+            self.backend = "transformers"
             return
         from ragtune.generate.gemma import GemmaEngine, GemmaSpec, GemmaWeights, KVCache
         from ragtune.generate.lora import GROUPS, AdapterBank
@@ -199,14 +258,20 @@ class Generator:
         speculate: int = 0,
     ) -> Generator:
         """``backend="llamacpp"`` runs a GGUF model with llama.cpp instead (see
-        :meth:`load_llamacpp`; CPU, no int8 or adapters)."""
+        :meth:`load_llamacpp`; CPU, no int8 or adapters); ``"transformers"`` decodes with
+        transformers' own model (greedy batches only, see :meth:`__init__`)."""
         if backend == "llamacpp":
-            if quantize != "none" or device not in ("auto", "cpu") or speculate:
+            if speculate:
                 raise RagtuneError(
-                    "The llama.cpp backend runs its GGUF as stored, on the CPU",
-                    "drop --int8/--int4/--speculate/--device, or use the native backend",
+                    "The llama.cpp backend does not draft tokens (--speculate)",
+                    "drop --speculate, or use the native backend",
                 )
+            check_llamacpp(quantize, device, installed=False)  # load_llama says if it is not
             return cls.load_llamacpp(name_or_path, max_seq_len)
+        if backend not in ("native", "transformers"):
+            raise RagtuneError(
+                f"Unknown generation backend {backend!r}", "use native, transformers or llamacpp"
+            )
         from ragtune.models import load_lm, resolve_lm
 
         model, tokenizer = load_lm(name_or_path, device=device, dtype=dtype)
@@ -219,6 +284,7 @@ class Generator:
             max_seq_len=max_seq_len,
             max_adapters=max_adapters,
             speculate=speculate,
+            backend=backend,
         )
 
     @property
@@ -236,6 +302,12 @@ class Generator:
 
     @property
     def scheduler(self) -> Scheduler:
+        if self._sched is None and self.model is not None and _is_gemma(self.model):
+            raise RagtuneError(
+                "The transformers backend decodes greedy batches only (no streaming, "
+                "sampling or LoRA adapters)",
+                "use the native backend for this",
+            )
         if self._sched is None:
             raise RagtuneError(
                 f"{self.name}: streaming, sampling and adapters need a Gemma 3 model",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ragtune.errors import RagtuneError
+from ragtune.generate.export import GgufType
 from ragtune.generate.scheduler import Request, Scheduler
 
 PROBE = "Question: What is the capital of France?\nAnswer: Paris <end_of_turn>"
@@ -32,6 +33,14 @@ def llamacpp_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def not_installed() -> RagtuneError:
+    return RagtuneError(
+        "The llama.cpp backend needs llama-cpp-python, which is not installed",
+        "pip install 'ragtune[llamacpp]' (it compiles llama.cpp, about 15 minutes), "
+        "or use the native backend",
+    )
 
 
 def gguf_path(name_or_path: str) -> Path:
@@ -51,15 +60,32 @@ def gguf_path(name_or_path: str) -> Path:
     return path
 
 
+def gguf_of_folder(folder: Path, cache: Path, tensor_type: GgufType = "f16") -> Path:
+    """A GGUF of the Gemma 3 model folder ``folder`` (the default model's converted folder
+    or a ``ragtune tune`` run's merged model), written once with the GGUF exporter
+    (:func:`ragtune.generate.export.write_model_gguf`) to ``cache/<fingerprint>/``, so the
+    same weights run in llama.cpp as in the other backends. The folder's tokenizer files are
+    copied beside it, so :func:`hf_tokenizer` uses the tokenizer the other backends use."""
+    import shutil
+
+    from ragtune.generate.export import write_model_gguf
+    from ragtune.models import model_fingerprint
+
+    out = cache / model_fingerprint(folder) / f"model-{tensor_type}.gguf"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            if f.is_file() and f.suffix not in (".safetensors", ".bin", ".gguf"):
+                shutil.copy2(f, out.parent / f.name)
+        write_model_gguf(folder, out, tensor_type)  # atomic: a temporary file, then renamed
+    return out
+
+
 def load_llama(path: Path, n_ctx: int) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise RagtuneError(
-            "The llama.cpp backend needs llama-cpp-python, which is not installed",
-            "pip install 'ragtune[llamacpp]' (it compiles llama.cpp, about 15 minutes), "
-            "or use the native backend",
-        ) from None
+        raise not_installed() from None
     threads = os.cpu_count() or 1
     return Llama(
         str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
@@ -76,6 +102,8 @@ def hf_tokenizer(name_or_path: str, path: Path) -> Any:
         from ragtune.models import default_lm_path
 
         return AutoTokenizer.from_pretrained(str(default_lm_path()))
+    if (path.parent / "tokenizer_config.json").is_file():  # a GGUF beside its model folder
+        return AutoTokenizer.from_pretrained(str(path.parent))
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
