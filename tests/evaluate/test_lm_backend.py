@@ -54,6 +54,8 @@ def test_transformers_backend_refuses_int8(tiny_lm: Path) -> None:
     with pytest.raises(RagtuneError, match="int8 weights need the native engine") as e:
         Generator.load(str(tiny_lm), device="cpu", backend="transformers", quantize="int8")
     assert "\n" not in e.value.message
+    with pytest.raises(RagtuneError, match="--speculate need the native engine"):
+        Generator.load(str(tiny_lm), device="cpu", backend="transformers", speculate=2)
 
 
 def test_unknown_backend_is_refused(tiny_lm: Path) -> None:
