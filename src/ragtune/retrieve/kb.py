@@ -270,6 +270,19 @@ def _pg_url(name: str) -> str:
     return url
 
 
+def pg_ef_search() -> int:
+    """pgvector's HNSW search breadth for PostgreSQL knowledge bases: ``RAGTUNE_PG_EF_SEARCH``
+    (1 to 1000, pgvector's range; default 40). Higher finds more of the true nearest
+    neighbours, slower (bench/RESULTS.md: 1M chunks need about 1000 for recall@10 0.95)."""
+    raw = os.environ.get("RAGTUNE_PG_EF_SEARCH", "40")
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 1000:
+        raise RagtuneError(
+            f"RAGTUNE_PG_EF_SEARCH={raw!r} is not a whole number from 1 to 1000",
+            "unset it for the default 40, or pick e.g. 100 or 1000",
+        )
+    return int(raw)
+
+
 def open_store(name: str, manifest: dict[str, Any], folder: Path | None = None) -> WritableStore:
     """The store a published manifest names: LanceDB (the default; in ``folder``, by
     default the knowledge base's folder in RAGTUNE_HOME) or PgStore."""
@@ -280,7 +293,7 @@ def open_store(name: str, manifest: dict[str, Any], folder: Path | None = None) 
 
         url = _pg_url(name)
         ensure_schema(url)
-        return PgStore(url, name, dim)
+        return PgStore(url, name, dim, ef_search=pg_ef_search())
     return LanceStore(folder or kb_path(name), dim, manifest["store"])
 
 
@@ -293,7 +306,7 @@ def new_store(name: str, dim: int) -> WritableStore:
         from ragtune.retrieve.pgstore import PgStore
 
         ensure_schema(url)
-        return PgStore(url, name, dim, fresh=True)
+        return PgStore(url, name, dim, fresh=True, ef_search=pg_ef_search())
     return LanceStore(kb_path(name), dim, None)
 
 
