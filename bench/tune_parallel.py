@@ -135,6 +135,29 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
     return data
 
 
+def launch(folder: Path, nproc: int, mode: str, spec: dict[str, Any], kind: str) -> list[Any]:
+    """Run this script in ``mode`` on ``nproc`` processes (torchrun when more than one), each
+    with its share of the cores; the JSON each rank wrote to ``folder/KIND-*.json``, by rank."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    proc = subprocess.run(
+        [*launcher, __file__, mode, json.dumps(spec)],
+        env={**os.environ, "OMP_NUM_THREADS": threads},
+        capture_output=True,
+        text=True,
+    )
+    results = sorted(
+        (json.loads(p.read_text()) for p in folder.glob(f"{kind}-*.json")),
+        key=lambda r: r["rank"],
+    )
+    if proc.returncode != 0 or len(results) != nproc:
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{folder.name} {mode} failed (exit {proc.returncode})")
+    return results
+
+
 def run_arm(arm: str, args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
     """One arm in fresh processes (so each rank's peak memory is its own)."""
     _, _, nproc = ARMS[arm]
@@ -150,39 +173,11 @@ def run_arm(arm: str, args: argparse.Namespace, data: Path, work: Path) -> dict[
         "seed": args.seed,
     }
     (work / arm).mkdir(parents=True, exist_ok=True)
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
     t0 = time.time()
-    state = subprocess.run(
-        [*launcher, __file__, "--state-bytes", json.dumps(spec)],
-        env={**os.environ, "OMP_NUM_THREADS": threads},
-        capture_output=True,
-        text=True,
-    )
-    states = sorted(
-        (json.loads(p.read_text()) for p in (work / arm).glob("state-*.json")),
-        key=lambda r: r["rank"],
-    )
-    if state.returncode != 0 or len(states) != nproc:
-        sys.stderr.write(state.stdout[-2000:] + state.stderr[-4000:])
-        raise SystemExit(f"arm {arm}: state bytes failed (exit {state.returncode})")
+    states = launch(work / arm, nproc, "--state-bytes", spec, "state")
     if args.state_only:
         return {"processes": nproc, "state_bytes_per_rank": states}
-    proc = subprocess.run(
-        [*launcher, __file__, "--worker", json.dumps(spec)],
-        env={**os.environ, "OMP_NUM_THREADS": threads},
-        capture_output=True,
-        text=True,
-    )
-    ranks = sorted(
-        (json.loads(p.read_text()) for p in (work / arm).glob("rank-*.json")),
-        key=lambda r: r["rank"],
-    )
-    if proc.returncode != 0 or len(ranks) != nproc:
-        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-        raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
+    ranks = launch(work / arm, nproc, "--worker", spec, "rank")
     peaks = [r["peak_memory_bytes"] for r in ranks]
     return {
         "processes": nproc,

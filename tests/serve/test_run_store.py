@@ -153,13 +153,18 @@ def test_published_run_fetched_once_whole_and_concurrently(store: RunStore, tmp_
     assert not store.fetch("ftjob-other", tmp_path / "b" / "ftjob-other")
 
 
-def test_a_fetch_that_fails_leaves_nothing(store: RunStore, tmp_path: Path) -> None:
+def publish_tampered(store: RunStore, tmp_path: Path) -> None:
+    """Publish a finished run, then overwrite one of its stored files."""
     a = fake_run(tmp_path / "a" / JOB, [5], status="succeeded")
     store.publish(JOB, a)
     published = store.published(JOB)
     assert published is not None
     key = published["files"]["merged/model.safetensors"]["key"]
     store.fs.pipe_file(f"{store.root}/{JOB}/{key}", b"tampered")
+
+
+def test_a_fetch_that_fails_leaves_nothing(store: RunStore, tmp_path: Path) -> None:
+    publish_tampered(store, tmp_path)
     b = tmp_path / "b" / JOB
     with pytest.raises(Exception, match="differs"):
         store.fetch(JOB, b)
@@ -176,12 +181,7 @@ def test_a_damaged_run_is_a_clear_api_error(store: RunStore, tmp_path: Path) -> 
     from ragtune.serve.errors import APIError
     from ragtune.serve.state import Service
 
-    a = fake_run(tmp_path / "a" / JOB, [5], status="succeeded")
-    store.publish(JOB, a)
-    published = store.published(JOB)
-    assert published is not None
-    key = published["files"]["merged/model.safetensors"]["key"]
-    store.fs.pipe_file(f"{store.root}/{JOB}/{key}", b"tampered")
+    publish_tampered(store, tmp_path)
     settings = SimpleNamespace(run_dir=lambda job_id: tmp_path / "b" / job_id)
     none = cast(Any, None)
     service = Service(cast(Any, settings), none, none, none, none, runs=store)
