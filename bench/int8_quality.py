@@ -5,7 +5,9 @@
 * Answer agreement on the demo world's held-out questions, in two arms of the
   comparison: closed-book, and RAG with the fact's own document plus a distractor as
   sources (the prompts ``ragtune compare`` builds, through ``answer_questions``). The
-  share of questions where int8 gives the same (normalised) answer as fp32 and as bf16.
+  share of questions where int8 gives the same (normalised) answer as fp32 and as bf16,
+  each precision's accuracy (the answer contains the fact's value, as ``compare``
+  grades), and the share where both are graded the same.
 
 Prints JSON (``--json``) or a summary line. Fine-tuned arms are not measured here.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ragtune.evaluate.metrics import answer_contains
 from ragtune.evaluate.world import make_world
 from ragtune.generate.answer import answer_questions
 from ragtune.generate.engine import Generator
@@ -62,7 +65,7 @@ def perplexity(g: Generator, texts: list[str], max_tokens: int) -> float:
     return math.exp(nll / count)
 
 
-def world_arms() -> tuple[list[str], list[list[Hit]]]:
+def world_arms() -> tuple[list[str], list[list[Hit]], list[str]]:
     world = make_world(seed=0)
     docs = {d.doc_id: d for d in world.documents}
     rng = random.Random(0)
@@ -72,12 +75,13 @@ def world_arms() -> tuple[list[str], list[list[Hit]]]:
         chunk = Chunk(f"{doc_id}#0", doc_id, 0, d.text, 0, len(d.text), doc_id, d.title)
         return Hit(chunk, 1.0 / rank, rank)
 
-    questions, contexts = [], []
+    questions, contexts, golds = [], [], []
     for f in world.facts:
+        golds.append(f.value)
         other = rng.choice([d for d in docs if d != f.doc_id])
         questions.append(f.test_question)
         contexts.append([hit(f.doc_id, 1), hit(other, 2)])
-    return questions, contexts
+    return questions, contexts, golds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         help="variants to check: int8 (layers and head), int8-layers (head in bf16), "
         "int4 (group-wise 4-bit layers and head)",
     )
+    ap.add_argument(
+        "--variant-dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32"],
+        help="activation dtype of the quantized variants (w8a8 runs either)",
+    )
     args = ap.parse_args(argv)
     texts = heldout_texts(args.ppl_docs)
-    questions, contexts = world_arms()
+    questions, contexts, golds = world_arms()
     questions, contexts = questions[: args.max_questions], contexts[: args.max_questions]
+    golds = golds[: args.max_questions]
     refs = [r for r in args.refs.split(",") if r]
     variants = [v for v in args.variants.split(",") if v]
     out: dict[str, object] = {
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none")}
     for name, (dtype, quant) in [
         *((r, precisions[r]) for r in refs),
-        *((v, ("bfloat16", v)) for v in variants),
+        *((v, (args.variant_dtype, v)) for v in variants),
     ]:
         g = Generator.load("default", device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
         out[f"perplexity_{name}"] = perplexity(g, texts, args.ppl_tokens)
@@ -118,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             "rag": [a.text for a in answer_questions(questions, g, contexts=contexts)],
         }
         g.close()
+        for arm in ("closed_book", "rag"):  # the comparison's own grade: answer contains gold
+            correct = [
+                answer_contains(a, [gold])
+                for a, gold in zip(answers[name][arm], golds, strict=True)
+            ]
+            out[f"accuracy_{arm}_{name}"] = sum(correct) / len(correct)
     # every variant against every reference, and bf16 against fp32 (how often two full
     # precisions already disagree: the floor any quantization is judged against)
     pairs = [(v, r) for v in variants for r in refs]
@@ -132,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                 for a, b in zip(answers[name][arm], answers[ref][arm], strict=True)
             ]
             out[f"{name}_same_answer_{arm}_vs_{ref}"] = sum(same) / len(same)
+            verdict = [
+                answer_contains(a, [gold]) == answer_contains(b, [gold])
+                for a, b, gold in zip(answers[name][arm], answers[ref][arm], golds, strict=True)
+            ]
+            out[f"{name}_same_verdict_{arm}_vs_{ref}"] = sum(verdict) / len(verdict)
     out["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(out, indent=2))

@@ -1,4 +1,4 @@
-"""Weight-only int8 and int4 (tiny model): the quantizer, the kernel, and the logits' tolerance."""
+"""int8 and int4 (tiny model): the quantizers, the kernels, and the logits' tolerance."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ import torch
 from ragtune.errors import RagtuneError
 from ragtune.generate.engine import Generator, SamplingParams
 from ragtune.generate.quant import (
+    ACT_LEVELS,
     INT4_KERNEL_MAX_ROWS,
     INT8_KERNEL_MAX_ROWS,
     Int4Linear,
+    Int8RowLinear,
     Linear,
+    int8_gemm_available,
     pack_int4,
     quantize_int4,
     quantize_int8,
+    split_activations,
     unpack_int4,
 )
+
+needs_gemm = pytest.mark.skipif(not int8_gemm_available(), reason="no fbgemm in this torch")
 
 PROMPTS = [
     "Question: What is the capital of France?\nAnswer:",
@@ -46,6 +52,46 @@ def test_int8_kernel_equals_the_dequantized_matmul() -> None:
         torch.testing.assert_close(lin(x).float(), ref, atol=0.06, rtol=0.02)
 
 
+def test_split_activations_recovers_each_row_to_13_bits() -> None:
+    """The two 7-bit terms, each rounded as the kernel codes them, give every row back to
+    within a 1 / (2 * 63 * 126) share of its largest |value| (plus float rounding)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, generator=g) * torch.tensor([1.0, 1e-3, 50.0, 1.0, 1.0])[:, None]
+    x[3, 7] = 300.0  # an outlier row
+    x[4] = 0.0  # an all-zero row stays zero (no division by zero)
+    parts, s = split_activations(x.clone())
+    assert parts.shape == (10, 64) and s.shape == (5, 1)
+    assert parts.abs().max() <= 1.0 + 1e-6  # both terms fill [-1, 1]: 7-bit codes fit
+    coded = torch.round(parts * ACT_LEVELS) / ACT_LEVELS  # what the kernel sees
+    back = (coded[:5] + coded[5:] / (2 * ACT_LEVELS)) * s
+    bound = s / (2 * ACT_LEVELS * 2 * ACT_LEVELS) + 1e-6 * s
+    assert ((back - x).abs() <= bound).all()
+    assert torch.equal(back[4], torch.zeros(64))
+
+
+@needs_gemm
+def test_int8_gemm_equals_the_dequantized_matmul_row_by_row() -> None:
+    """The int8 GEMM path computes x @ dequant(W).T to the activations' 13 bits, and each
+    row's result is bit-identical whatever else is in the batch (integer products)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g)
+    lin = Int8RowLinear.make(w)
+    assert lin.out_features == 96 and lin.nbytes == 96 * 64 + 4 * 96
+    q, scale = quantize_int8(w)
+    deq = q.float() * scale[:, None]
+    torch.testing.assert_close(lin.dense(), deq)
+    x = torch.randn(40, 64, generator=g)
+    x[5, 3] = 80.0  # an outlier
+    y = lin(x)
+    ref = x @ deq.t()
+    assert y.shape == (40, 96)
+    assert ((y - ref).norm() / ref.norm()).item() < 2e-3
+    alone = torch.cat([lin(x[i : i + 1]) for i in range(40)])
+    assert torch.equal(y, alone)
+    assert torch.equal(lin(x[None]).view(40, 96), y)  # any leading shape
+    assert lin(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_int8_logits_within_tolerance_of_fp32(tiny_lm: Path) -> None:
     """Stated tolerance: every logit within 5% of the largest |logit| of the fp32 model,
     and the same top token, for the prefill and for decode steps."""
@@ -53,8 +99,11 @@ def test_int8_logits_within_tolerance_of_fp32(tiny_lm: Path) -> None:
     g8 = Generator.load(str(tiny_lm), device="cpu", dtype="float32", quantize="int8",
                         slots=1, max_seq_len=128)  # fmt: skip
     e8 = g8.scheduler.engine
+    kind = Int8RowLinear if int8_gemm_available() else Linear
+    assert type(e8.w.head) is kind and type(e8.w.layers[0].qkv) is kind
     assert e8.w.head.w.dtype == torch.int8 and e8.w.layers[0].qkv.w.dtype == torch.int8
-    assert e8.w.embed.dtype == torch.bfloat16  # the lookup stays exact (untied from the head)
+    # the lookup stays exact (untied from the head); the GEMM keeps the model's dtype
+    assert e8.w.embed.dtype == (torch.float32 if kind is Int8RowLinear else torch.bfloat16)
     for prompt in PROMPTS:
         ids = torch.tensor(g32.tokenizer(prompt)["input_ids"])
         with torch.inference_mode():
@@ -69,6 +118,48 @@ def test_int8_logits_within_tolerance_of_fp32(tiny_lm: Path) -> None:
     h = g8.submit(PROMPTS[0], SamplingParams(max_tokens=3))
     assert h.result().completion_tokens == 3
     g32.close()
+    g8.close()
+
+
+@needs_gemm
+def test_int8_gemm_batched_equals_alone_and_cached_equals_full(tiny_lm: Path) -> None:
+    """With the int8 GEMM in fp32, a request's greedy tokens do not depend on what it is
+    batched with, and the KV-cached decode's logits equal a full forward of the prompt
+    plus the generated tokens (to fp32 attention rounding)."""
+    g8 = Generator.load(str(tiny_lm), device="cpu", dtype="float32", quantize="int8",
+                        slots=2, max_seq_len=128)  # fmt: skip
+    out = g8.generate(PROMPTS, max_new_tokens=8, stop=())
+    alone = [g8.generate([p], max_new_tokens=8, stop=())[0].text for p in PROMPTS]
+    assert [o.text for o in out] == alone
+    e8 = g8.scheduler.engine
+    from ragtune.generate.gemma import Batch
+
+    ids = torch.tensor(g8.tokenizer(PROMPTS[0])["input_ids"])
+    with torch.inference_mode():
+        last = e8.logits(e8.prefill(ids, 0, -1))[0]
+        nxt = last.argmax()
+        pos = torch.tensor([ids.shape[0]])
+        h = e8.decode(nxt[None], Batch(torch.tensor([0]), pos, None, True))
+        cached = e8.logits(h)[0]
+        full = e8.logits(e8.prefill(torch.cat([ids, nxt[None]]), 1, -1))[0]
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    g8.close()
+
+
+def test_int8_without_the_gemm_falls_back_to_weight_only(
+    tiny_lm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where torch has no fbgemm (non-x86 builds), int8 is weight-only with bf16
+    activations (aten._weight_int8pack_mm)."""
+    import ragtune.generate.quant as quant
+
+    monkeypatch.setattr(quant, "int8_gemm_available", lambda: False)
+    g8 = Generator.load(str(tiny_lm), device="cpu", dtype="float32", quantize="int8",
+                        slots=1, max_seq_len=128)  # fmt: skip
+    e8 = g8.scheduler.engine
+    assert type(e8.w.head) is Linear and e8.w.head.w.dtype == torch.int8
+    assert e8.w.embed.dtype == torch.bfloat16
+    assert g8.generate(PROMPTS[:1], max_new_tokens=4, stop=())[0].new_tokens == 4
     g8.close()
 
 

@@ -179,6 +179,7 @@ class Generator:
             return
         from ragtune.generate.gemma import GemmaEngine, GemmaSpec, GemmaWeights, KVCache
         from ragtune.generate.lora import GROUPS, AdapterBank
+        from ragtune.generate.quant import int8_gemm_available
         from ragtune.generate.scheduler import Scheduler
 
         compute = dtype or next(model.parameters()).dtype
@@ -187,7 +188,10 @@ class Generator:
                 raise RagtuneError(
                     f"{quantize} weights are for the CPU", f"drop --{quantize} on a GPU"
                 )
-            compute = torch.bfloat16  # the int8/int4 kernels' fast path takes bf16 activations
+            if quantize == "int4" or not int8_gemm_available():
+                # the int4 and weight-only int8 kernels' fast path takes bf16 activations;
+                # the int8 GEMM computes in its own integers and keeps the model's dtype
+                compute = torch.bfloat16
         weights = GemmaWeights(model, compute, *QUANT_BITS[quantize])
         spec: GemmaSpec = weights.spec
         self._max_context = min(spec.max_positions, max_seq_len or spec.max_positions)

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ragtune.generate import quant
 from ragtune.generate.lora import AdapterBank
-from ragtune.generate.quant import Int4Linear, Linear
+from ragtune.generate.quant import Int4Linear, Int8RowLinear, Linear
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class GemmaWeights:
         def make(w: torch.Tensor, nbits: int) -> Linear:
             if nbits == 4:
                 return Int4Linear.make(w.detach().to(dtype))
+            if nbits == 8 and quant.int8_gemm_available():  # else weight-only int8
+                return Int8RowLinear.make(w.detach().float())
             return Linear.make(w.detach().to(dtype), nbits == 8)
 
         def lin(*mods: Any) -> Linear:

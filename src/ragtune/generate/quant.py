@@ -1,14 +1,20 @@
-"""Weight-only int8 and int4 linear layers.
+"""int8 and int4 linear layers.
 
-int8: per-output-channel symmetric scales.
+int8 weights: per-output-channel symmetric scales.
 
 ``W ≈ scale[:, None] * Wq`` with ``Wq = round(W / scale)`` in [-127, 127] and
 ``scale = max|W_row| / 127`` (the LLM.int8 / torchao ``Int8WeightOnlyConfig`` scheme,
 without outliers). Decoding at small batch is bound by memory bandwidth, so reading a
-quarter of fp32's bytes per weight is what makes it faster; activations stay bf16.
-Small batches use PyTorch's own kernel ``aten._weight_int8pack_mm``; large ones (a
-prompt's prefill) dequantize the layer on the fly and use the dense bf16 matmul, which is
-faster there because it is compute-bound.
+quarter of fp32's bytes per weight is what makes it faster.
+
+Where torch has fbgemm (x86-64 builds), :class:`Int8RowLinear` multiplies them by the
+activations in integers with fbgemm's int8 GEMM: each activation row is coded in two
+7-bit terms (:func:`split_activations`), so the activations keep about 13 bits and the
+weights' rounding is the only real loss. fbgemm's kernel reads the weights much faster
+than aten's weight-only one and its cost grows little from 1 to 10 rows, which is what a
+verified speculative draft or a small batch needs (figures: bench/RESULTS.md).
+Elsewhere :class:`Linear` is weight-only: PyTorch's ``aten._weight_int8pack_mm`` with bf16
+activations for small batches, the dequantized dense matmul for large ones.
 
 int4 (opt-in, ``quantize="int4"``): group-wise asymmetric min/max quantization, the
 scheme of llama.cpp's Q4_1 and torchao's ``Int4WeightOnlyConfig``: each run of
@@ -21,7 +27,9 @@ codes and use the dense matmul, as int8 does.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +125,83 @@ class Linear:
             return F.linear(x, self.dense())
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, -1), self.w, self.scale)
         return y.view(*x.shape[:-1], self.w.shape[0])
+
+
+# The int8 x int8 path's activations: each row is scaled to [-1, 1] and coded in 7 bits
+# (fbgemm takes unsigned activations: code = round(x * ACT_LEVELS) + ACT_ZERO, in
+# [1, 127]). 7 bits, as fbgemm's own ``reduce_range``, so that the u8 x s8 pair sums of
+# CPUs without VNNI cannot saturate their 16-bit accumulators.
+ACT_LEVELS = 63
+ACT_ZERO = 64
+
+
+def int8_gemm_available() -> bool:
+    """Whether this torch has fbgemm's x86 int8 GEMM (x86-64 builds do)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def split_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) fp32 -> (2M, K) rows for a fixed-scale 7-bit code, and the (M, 1) row
+    scales: row ``i`` is ``x_i / s_i`` rounded to the code's grid (``s_i = max|x_i|``),
+    row ``M + i`` the rounding error times ``2 * ACT_LEVELS`` (it is at most half a code
+    step, so it fills [-1, 1] again). Summing the two products (the second divided by
+    ``2 * ACT_LEVELS``) gives ``x_i`` at about 13 bits instead of 7: the weights' int8
+    error then dominates, as in weight-only int8."""
+    s = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
+    xn = x / s
+    hi = torch.round(xn * ACT_LEVELS).div_(ACT_LEVELS)
+    lo = xn.sub_(hi).mul_(2 * ACT_LEVELS)
+    return torch.cat([hi, lo]), s
+
+
+@dataclass
+class Int8RowLinear(Linear):
+    """``y = x @ W.T`` with int8 weights per output channel (as :class:`Linear`) and
+    activations coded per row in two 7-bit terms (:func:`split_activations`), multiplied
+    in integer arithmetic by fbgemm's x86 int8 GEMM
+    (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``), the outputs scaled back
+    per row (exact: the product is linear in each row). Per-row activation scales are the
+    per-token dynamic quantization of LLM.int8() (Dettmers et al. 2022); the second term
+    replaces its outlier handling. Integer products are exact, so a row's result does not
+    depend on the other rows of the batch; prefill and decode use the same kernel."""
+
+    packed: Any = None  # fbgemm's prepacked weight (int8 codes and fp32 scales)
+    n: int = 0
+    k: int = 0
+
+    @classmethod
+    def make(cls, w: torch.Tensor, int8: bool = True) -> Int8RowLinear:
+        n, k = w.shape
+        q, scale = quantize_int8(w)
+        with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            qt = torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros(n, dtype=torch.long), 0
+            )
+            packed = torch.ops.quantized.linear_prepack(qt, None)
+        return cls(torch.empty(0, dtype=torch.int8), scale, packed=packed, n=n, k=k)
+
+    @property
+    def out_features(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * self.k + 4 * self.n
+
+    def dense(self) -> torch.Tensor:
+        w, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return w.dequantize()
+
+    def __call__(self, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+        """``dense`` is ignored: one kernel for every batch size (see the class)."""
+        rows = x.numel() // self.k
+        parts, s = split_activations(x.reshape(rows, self.k).float())
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            parts, 1.0 / ACT_LEVELS, ACT_ZERO, self.packed
+        )
+        out = y[rows:].div_(2 * ACT_LEVELS).add_(y[:rows]).mul_(s)
+        return out.to(x.dtype).view(*x.shape[:-1], self.n)
 
 
 @dataclass
