@@ -4,7 +4,7 @@ Decode tokens/s (after the first token, as in ``bench/generate.py``) for greedy 
 RAG prompts (about ``--prefill-tokens`` tokens of SciFact abstracts and a question: the
 answer can copy spans of its sources) and, labelled apart, for the short question prompt
 of ``bench/generate.py`` (little to copy). ragtune runs ``speculate=K`` against
-``speculate=0`` in bf16 (the default here) and int4 (its fastest single stream); llama.cpp
+``speculate=0`` in bf16 (the default here), int8 and int4; llama.cpp
 runs its own ``LlamaPromptLookupDecoding`` with the same n-gram size (3) and draft length
 K against plain decoding, on the Q4_K_M GGUF. Engines interleaved round by round; medians.
 Also the share of prompts whose speculative text equals the plain one (greedy: it should
@@ -27,6 +27,11 @@ import torch
 
 from generate import QUESTION_PROMPT, load_llamacpp, rag_prompt, rt_stream  # sibling script
 from ragtune.generate.engine import Generator, SamplingParams
+
+
+# ragtune's precisions: the default here (bf16), int8 (fp32 activations, fbgemm's int8
+# GEMM) and int4
+PRECISIONS = (("bf16", "none"), ("int8", "int8"), ("int4", "int4"))
 
 
 def lc_rate(llm: Any, prompt: str, n: int) -> tuple[float, str]:
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=quant,
             speculate=spec,  # type: ignore[arg-type]
         )
-        for prec, quant in (("bf16", "none"), ("int4", "int4"))
+        for prec, quant in PRECISIONS
         for spec in (0, k)
     }
     tok = gens["bf16", 0].tokenizer
@@ -108,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                     rates.setdefault(f"llamacpp_{kind}", []).append(r0)
                     rates.setdefault(f"llamacpp_speculative_{kind}", []).append(r1)
                     same.setdefault("llamacpp", []).append(t_plain == t_pld)
-                for prec in ("bf16", "int4"):
+                for prec, _ in PRECISIONS:
                     same.setdefault(f"ragtune_{prec}", []).append(
                         texts[prec, 0, kind, i] == texts[prec, k, kind, i]
                     )
     out: dict[str, Any] = {f"{key}_tokens_per_s": statistics.median(v) for key, v in rates.items()}
     for kind in prompts:
-        for prec in ("bf16", "int4"):
+        for prec, _ in PRECISIONS:
             out[f"ragtune_{prec}_speculative_speedup_{kind}"] = (
                 out[f"ragtune_{prec}_speculative_{kind}_tokens_per_s"]
                 / out[f"ragtune_{prec}_{kind}_tokens_per_s"]
@@ -124,15 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                 out[f"llamacpp_speculative_{kind}_tokens_per_s"]
                 / out[f"llamacpp_{kind}_tokens_per_s"]
             )
-            for prec in ("bf16", "int4"):  # the two fair pairs: plain/plain, spec/spec
+            for prec, _ in PRECISIONS:  # the two fair pairs: plain/plain, spec/spec
                 for s in ("", "_speculative"):
                     out[f"ragtune_{prec}{s}_vs_llamacpp{s}_{kind}"] = (
                         out[f"ragtune_{prec}{s}_{kind}_tokens_per_s"]
                         / out[f"llamacpp{s}_{kind}_tokens_per_s"]
                     )
     out["same_text_share"] = {key: sum(v) / len(v) for key, v in same.items()}
-    sched = gens["int4", k].scheduler
-    out["int4_drafted_accepted"] = [sched.drafted, sched.accepted]
+    for prec, _ in PRECISIONS:
+        sched = gens[prec, k].scheduler
+        out[f"{prec}_drafted_accepted"] = [sched.drafted, sched.accepted]
     out.update(
         speculate=k,
         new_tokens=n,

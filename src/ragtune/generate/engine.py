@@ -276,8 +276,13 @@ class Generator:
             raise RagtuneError(
                 f"Unknown generation backend {backend!r}", "use native, transformers or llamacpp"
             )
+        from ragtune.generate.quant import int8_gemm_available
         from ragtune.models import load_lm, resolve_lm
 
+        if quantize == "int8" and dtype == "auto" and int8_gemm_available():
+            # the int8 GEMM's speed does not depend on the activations' dtype: keep them
+            # (and the weights it quantizes) in fp32, its answers closest to fp32's
+            dtype = "float32"
         model, tokenizer = load_lm(name_or_path, device=device, dtype=dtype)
         return cls(
             model,
