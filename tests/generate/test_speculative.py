@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ragtune.generate.engine import Generator, SamplingParams
-from ragtune.generate.scheduler import prompt_lookup
+from ragtune.generate.quant import int8_gemm_available
+from ragtune.generate.scheduler import DRAFT_ROWS, draft_length, prompt_lookup
 
 # repeated phrases: the drafts find matches; long enough to pass the tiny model's
 # 64-token sliding window, so the rings wrap while drafts are verified
@@ -27,6 +28,27 @@ def test_prompt_lookup_takes_the_most_recent_longest_match() -> None:
     assert prompt_lookup([1, 2, 3, 4], k=3) == []  # no earlier occurrence
     assert prompt_lookup([4, 5, 6, 4, 5], k=10) == [6, 4, 5]  # up to the end
     assert prompt_lookup([7], k=3) == []
+
+
+def test_draft_length_keeps_a_step_within_its_rows() -> None:
+    assert DRAFT_ROWS == 8
+    assert [draft_length(4, n) for n in (1, 2, 3, 4, 5, 16)] == [4, 3, 1, 1, 0, 0]
+    assert draft_length(2, 1) == 2 and draft_length(0, 1) == 0
+
+
+@pytest.mark.skipif(not int8_gemm_available(), reason="no fbgemm in this torch")
+def test_int8_speculative_equals_int8_plain(tiny_lm: Path) -> None:
+    """The int8 GEMM gives each row the same result in any batch, so verifying a draft in
+    one pass yields plain int8 decoding's tokens."""
+    kw = dict(device="cpu", dtype="float32", quantize="int8", slots=2, max_seq_len=256)
+    plain = Generator.load(str(tiny_lm), **kw)  # type: ignore[arg-type]
+    spec = Generator.load(str(tiny_lm), **kw, speculate=4)  # type: ignore[arg-type]
+    params = SamplingParams(max_tokens=24)
+    for p in PROMPTS:
+        assert spec.submit(p, params).result().text == plain.submit(p, params).result().text
+    assert spec.scheduler.accepted > 0
+    plain.close()
+    spec.close()
 
 
 @pytest.fixture(scope="module")

@@ -127,8 +127,8 @@ class Linear:
         return y.view(*x.shape[:-1], self.w.shape[0])
 
 
-# The int8 x int8 path's activations: each row is scaled to [-1, 1] and coded in 7 bits
-# (fbgemm takes unsigned activations: code = round(x * ACT_LEVELS) + ACT_ZERO, in
+# The int8 x int8 path's activations: each row is scaled to [-ACT_LEVELS, ACT_LEVELS] and
+# coded in 7 bits (fbgemm takes unsigned activations: code = round(v) + ACT_ZERO, in
 # [1, 127]). 7 bits, as fbgemm's own ``reduce_range``, so that the u8 x s8 pair sums of
 # CPUs without VNNI cannot saturate their 16-bit accumulators.
 ACT_LEVELS = 63
@@ -141,17 +141,19 @@ def int8_gemm_available() -> bool:
 
 
 def split_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) fp32 -> (2M, K) rows for a fixed-scale 7-bit code, and the (M, 1) row
-    scales: row ``i`` is ``x_i / s_i`` rounded to the code's grid (``s_i = max|x_i|``),
-    row ``M + i`` the rounding error times ``2 * ACT_LEVELS`` (it is at most half a code
-    step, so it fills [-1, 1] again). Summing the two products (the second divided by
-    ``2 * ACT_LEVELS``) gives ``x_i`` at about 13 bits instead of 7: the weights' int8
-    error then dominates, as in weight-only int8."""
-    s = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
-    xn = x / s
-    hi = torch.round(xn * ACT_LEVELS).div_(ACT_LEVELS)
-    lo = xn.sub_(hi).mul_(2 * ACT_LEVELS)
-    return torch.cat([hi, lo]), s
+    """(M, K) fp32 -> (2M, K) values for a 7-bit code with scale 1, and the (M, 1) code
+    steps ``step_i = max|x_i| / ACT_LEVELS``: row ``i`` is ``x_i / step_i`` rounded (the
+    codes themselves), row ``M + i`` its rounding error times ``2 * ACT_LEVELS`` (the error
+    is at most half a step, so this fills the code's range again). Then
+    ``x_i ≈ (code_i + code_{M+i} / (2 * ACT_LEVELS)) * step_i`` to about 13 bits instead
+    of 7, and the weights' int8 rounding dominates the error, as in weight-only int8."""
+    inf = float("inf")
+    step = torch.linalg.vector_norm(x, inf, dim=-1, keepdim=True).clamp_(min=1e-30)
+    step.div_(ACT_LEVELS)
+    u = x / step  # in [-ACT_LEVELS, ACT_LEVELS]
+    hi = torch.round(u)
+    lo = u.sub_(hi).mul_(2 * ACT_LEVELS)
+    return torch.cat([hi, lo]), step
 
 
 @dataclass
@@ -196,11 +198,11 @@ class Int8RowLinear(Linear):
     def __call__(self, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
         """``dense`` is ignored: one kernel for every batch size (see the class)."""
         rows = x.numel() // self.k
-        parts, s = split_activations(x.reshape(rows, self.k).float())
+        parts, step = split_activations(x.reshape(rows, self.k).float())
         y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-            parts, 1.0 / ACT_LEVELS, ACT_ZERO, self.packed
+            parts, 1.0, ACT_ZERO, self.packed
         )
-        out = y[rows:].div_(2 * ACT_LEVELS).add_(y[:rows]).mul_(s)
+        out = y[rows:].div_(2 * ACT_LEVELS).add_(y[:rows]).mul_(step)
         return out.to(x.dtype).view(*x.shape[:-1], self.n)
 
 

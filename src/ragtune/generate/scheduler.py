@@ -97,6 +97,18 @@ class RequestHandle:
         return self._req.seconds
 
 
+# Rows one decode step may feed in all, drafts included. Verifying drafts pays while a
+# step is bound by reading the weights (then a few more rows cost little); a batch of
+# running requests already fills that, and drafts beyond it would cost compute instead.
+DRAFT_ROWS = 8
+
+
+def draft_length(speculate: int, running: int) -> int:
+    """Draft tokens per request this step: ``speculate``, cut so that ``running``
+    requests and their drafts stay within :data:`DRAFT_ROWS` rows (0 past that)."""
+    return max(0, min(speculate, DRAFT_ROWS // max(running, 1) - 1))
+
+
 class Scheduler:
     """Continuous batching over ragtune's own engine (:class:`GemmaEngine`). Subclasses
     with another forward override :meth:`_prefill_many` and :meth:`_decode`."""
@@ -236,7 +248,8 @@ class Scheduler:
 
     def _step(self) -> None:
         reqs = [r for r in self.running if r is not None]
-        drafts = [self._draft(r) for r in reqs]
+        k = draft_length(self.speculate, len(reqs))
+        drafts = [self._draft(r, k) for r in reqs]
         rows = [(r, [r.last, *d]) for r, d in zip(reqs, drafts, strict=True)]
         logits = self._decode(rows)
         greedy = logits.argmax(-1).tolist()
@@ -252,11 +265,11 @@ class Scheduler:
                 self.accepted += 1
             j += len(draft) + 1
 
-    def _draft(self, req: Request) -> list[int]:
-        """Draft tokens to verify after ``req.last`` (greedy requests only): prompt
-        lookup, cut so the request cannot pass ``max_tokens`` or the cache."""
+    def _draft(self, req: Request, most: int) -> list[int]:
+        """Up to ``most`` draft tokens to verify after ``req.last`` (greedy requests only):
+        prompt lookup, cut so the request cannot pass ``max_tokens`` or the cache."""
         p = req.params
-        k = min(self.speculate, p.max_tokens - len(req.tokens) - 1, self.max_len - 2 - req.pos)
+        k = min(most, p.max_tokens - len(req.tokens) - 1, self.max_len - 2 - req.pos)
         if k <= 0 or p.temperature > 0.0:
             return []
         draft = prompt_lookup([*req.ids, *req.tokens], k)
