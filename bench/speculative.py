@@ -28,7 +28,6 @@ import torch
 from generate import QUESTION_PROMPT, load_llamacpp, rag_prompt, rt_stream  # sibling script
 from ragtune.generate.engine import Generator, SamplingParams
 
-
 # ragtune's precisions: the default here (bf16), int8 (fp32 activations, fbgemm's int8
 # GEMM) and int4
 PRECISIONS = (("bf16", "none"), ("int8", "int8"), ("int4", "int4"))
