@@ -27,6 +27,7 @@ from ragtune.generate.sampling import (
     TokenDelta,
     sample_token,
 )
+from ragtune.generate.threads import release_idle_openmp_threads
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,10 @@ class Scheduler:
         self.accepted = 0
 
     def submit(self, req: Request) -> RequestHandle:
+        # the caller now waits for this thread's results: its idle OpenMP team would only
+        # slow the scheduler's own (see ragtune.generate.threads)
+        if threading.current_thread() is not self.thread:
+            release_idle_openmp_threads()
         with self.cond:
             if self.closed:
                 raise RagtuneError("The generator is closed", "load a new Generator")
