@@ -170,6 +170,10 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
+                if not self.closed and not self.waiting and not any(self.running):
+                    # idle: release this thread's OpenMP team, so that another engine's
+                    # (or the caller's) runs unthrottled meanwhile
+                    release_idle_openmp_threads()
                 while not self.closed and not self.waiting and not any(self.running):
                     self.cond.wait()
                 if self.closed:

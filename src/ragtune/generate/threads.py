@@ -1,5 +1,5 @@
-"""One OpenMP thread team at a time: let a thread that hands work to the engine's thread
-release its own idle OpenMP workers.
+"""One OpenMP thread team at a time: a thread that hands work to an engine's thread, or an
+engine's thread that goes idle, releases its own idle OpenMP workers.
 
 PyTorch's CPU kernels run in OpenMP parallel regions, and GNU OpenMP (libgomp, which the
 x86-64 Linux torch wheels ship) gives every thread that starts one its own team of
