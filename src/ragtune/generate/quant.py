@@ -147,9 +147,7 @@ def split_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     is at most half a step, so this fills the code's range again). Then
     ``x_i ≈ (code_i + code_{M+i} / (2 * ACT_LEVELS)) * step_i`` to about 13 bits instead
     of 7, and the weights' int8 rounding dominates the error, as in weight-only int8."""
-    inf = float("inf")
-    step = torch.linalg.vector_norm(x, inf, dim=-1, keepdim=True).clamp_(min=1e-30)
-    step.div_(ACT_LEVELS)
+    step = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30).div_(ACT_LEVELS)
     u = x / step  # in [-ACT_LEVELS, ACT_LEVELS]
     hi = torch.round(u)
     lo = u.sub_(hi).mul_(2 * ACT_LEVELS)
