@@ -20,18 +20,18 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-HERE = Path(__file__).resolve().parent
 
 
 def child(quantize: str, release: bool, tokens: int) -> dict[str, float]:
     """One measurement in this process (the parent runs it in a fresh one)."""
+    from pathlib import Path
+
     import ragtune.generate.scheduler as scheduler
     from generate import QUESTION_PROMPT, rt_concurrent, rt_stream  # sibling script
     from ragtune.generate.engine import Generator
 
+    print(f"ragtune from {Path(scheduler.__file__).parent}", file=sys.stderr)
     if not release:
         scheduler.release_idle_openmp_threads = lambda: False  # type: ignore[assignment]
     g = Generator.load("default", device="cpu", dtype="auto", quantize=quantize)  # type: ignore[arg-type]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, __file__, "--tokens", str(args.tokens)]
                 out = subprocess.run(
                     [*cmd, "--child", quantize, release],
-                    capture_output=True, text=True, check=True, cwd=HERE,
+                    capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 key = f"{quantize}_{'release' if release == '1' else 'keep'}"
                 runs.setdefault(key, []).append(json.loads(out.stdout.splitlines()[-1]))
