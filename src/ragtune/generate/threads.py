@@ -7,8 +7,8 @@ workers, kept for reuse. Loading a model on the main thread and decoding on the
 scheduler's thread therefore leaves two teams, and once libgomp manages more threads than
 there are CPUs it stops spin-waiting between parallel regions (its "throttled" spin):
 every one of a decode step's ~1,000 small parallel regions then pays a sleep and a
-wake-up. Measured on this project's 2-core machine: 36–40 ms a decode token through the
-scheduler against 23–27 ms with the main thread's team released (bench/RESULTS.md).
+wake-up. On this project's 2-core machine releasing the idle teams made int8 decoding
+through the scheduler 1.5x faster (bench/openmp_teams.py, bench/RESULTS.md).
 ``omp_pause_resource_all`` (OpenMP 5.0) releases the *calling* thread's team in libgomp
 and refuses inside a parallel region, so it is safe to call from any thread that is about
 to wait; a team is made again the next time that thread runs a parallel kernel.
