@@ -2,11 +2,12 @@
 
 The before/after yardstick for the per-step work around the matmuls (norms, RoPE, cache
 writes, attention, the argmax of the logits). For each precision (``--dtype`` x
-``--quantize``, as ``Generator.load`` takes them; a quantized model always computes in
-bf16, so its dtype is not varied) and batch size ``--batch``, the default model is
-prefilled with ``--context`` tokens in every row, then the engine decodes greedy steps
-exactly as the scheduler does (``logits(decode(tokens)).float().argmax(-1).tolist()``):
-the median of ``--steps`` steps after ``--warmup``.
+``--quantize``, as ``Generator.load`` takes them; a combination whose compute dtype and
+quantization were measured already, e.g. a quantized model that computes in bf16 whatever
+the dtype, is skipped) and batch size ``--batch``, the default model is prefilled with a
+``--context``-token RAG prompt (SciFact abstracts) in every row, then the engine decodes
+greedy steps as the scheduler does (``logits(decode(tokens))``, the greedy pick,
+``.tolist()``): the median of ``--steps`` steps after ``--warmup`` (and the fastest).
 
 ``matmul_ms`` is the same step's matmuls alone: every projection of every layer and the
 output head called on inputs of the step's shape, timed together (median of repeats).
@@ -32,30 +33,37 @@ from typing import Any
 
 import torch
 
-from generate import QUESTION_PROMPT  # sibling script
+from generate import QUESTION_PROMPT, rag_prompt  # sibling script
 from ragtune.generate.engine import Generator, SamplingParams
 from ragtune.generate.gemma import Batch, GemmaEngine
 
+try:
+    from ragtune.generate.sampling import argmax_rows
+except ImportError:  # a ragtune from before the blocked argmax: what its scheduler did
+    argmax_rows = None
 
-def engine_steps(eng: GemmaEngine, B: int, context: int, warmup: int, steps: int) -> list[float]:
-    """Seconds per greedy decode step of B rows after a ``context``-token prefill each."""
-    gen = torch.Generator().manual_seed(0)
-    vocab = eng.spec.vocab
-    prompts = [torch.randint(0, vocab, (context,), generator=gen) for _ in range(B)]
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The scheduler's greedy pick for (B, V) logits."""
+    return logits.float().argmax(-1) if argmax_rows is None else argmax_rows(logits)
+
+
+def engine_steps(eng: GemmaEngine, ids: list[int], B: int, warmup: int, steps: int) -> list[float]:
+    """Seconds per greedy decode step of B rows after prefilling ``ids`` in each."""
     dev = eng.w.device
-    prompts = [p.to(dev) for p in prompts]
+    context = len(ids)
+    prompts = [torch.tensor(ids, device=dev)] * B
     slots = torch.arange(B, device=dev)
     times: list[float] = []
     with torch.inference_mode():
         h = eng.prefill_many(prompts, list(range(B)), [-1] * B)
-        tok = eng.logits(h).float().argmax(-1)
+        tok = greedy(eng.logits(h))
         for i in range(warmup + steps):
             pos = torch.full((B,), context + i, device=dev)
             t0 = time.perf_counter()
-            logits = eng.logits(eng.decode(tok, Batch(slots, pos, None, True))).float()
-            greedy = logits.argmax(-1).tolist()
+            chosen = greedy(eng.logits(eng.decode(tok, Batch(slots, pos, None, True)))).tolist()
             times.append(time.perf_counter() - t0)
-            tok = torch.tensor(greedy, device=dev)
+            tok = torch.tensor(chosen, device=dev)
     return times[warmup:]
 
 
@@ -97,7 +105,11 @@ def scheduler_step_seconds(g: Generator, B: int, steps: int) -> float:
     return (t1 - t0) / max(1, s1 - s0)
 
 
-def measure(dtype: str, quantize: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    dtype: str, quantize: str, args: argparse.Namespace, seen: set[tuple[str, str]]
+) -> dict[str, Any] | None:
+    """The figures of one precision; None when ``seen`` has its compute dtype and
+    quantization already (e.g. a quantized model computing in bf16 whatever the dtype)."""
     t0 = time.perf_counter()
     g = Generator.load(
         "default",
@@ -109,14 +121,21 @@ def measure(dtype: str, quantize: str, args: argparse.Namespace) -> dict[str, An
     )
     load_s = time.perf_counter() - t0
     eng = g.scheduler.engine
+    compute = str(eng.w.embed.dtype).removeprefix("torch.")
+    if (compute, quantize) in seen:
+        g.close()
+        return None
+    seen.add((compute, quantize))
     out: dict[str, Any] = {
         "dtype": dtype,
         "quantize": quantize,
-        "compute_dtype": str(eng.w.embed.dtype).removeprefix("torch."),
+        "compute_dtype": compute,
         "load_s": round(load_s, 1),
     }
+    # a RAG prompt (SciFact abstracts) cut to ``context`` tokens: real text, as served
+    ids = g.tokenizer(rag_prompt(g.tokenizer, args.context + 32))["input_ids"][: args.context]
     for B in args.batch:
-        steps = engine_steps(eng, B, args.context, args.warmup, args.steps)
+        steps = engine_steps(eng, ids, B, args.warmup, args.steps)
         step = statistics.median(steps)
         mm = matmul_seconds(eng, B, args.matmul_repeats)
         row = {
@@ -150,16 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     args.batch = [int(b) for b in args.batch.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
     load0 = os.getloadavg()
-    configs: list[tuple[str, str]] = []
+    results, seen = [], set()
     for q in args.quantize.split(","):
         for d in args.dtype.split(","):
-            if q != "none" and configs and configs[-1][1] == q:
-                continue  # a quantized model computes in bf16 whatever the dtype
-            configs.append((d if q == "none" else "bfloat16", q))
-    results = []
-    for d, q in configs:
-        results.append(measure(d, q, args))
-        gc.collect()
+            r = measure(d, q, args, seen)
+            if r is not None:
+                results.append(r)
+            gc.collect()
     out = {
         "results": results,
         "context": args.context,
