@@ -10,11 +10,14 @@ greedy steps as the scheduler does (``logits(decode(tokens))``, the greedy pick,
 ``.tolist()``): the median of ``--steps`` steps after ``--warmup`` (and the fastest).
 
 ``matmul_ms`` is the same step's matmuls alone: every projection of every layer and the
-output head called on inputs of the step's shape, timed together (median of repeats).
-``outside_share`` = 1 - matmul_ms / step_ms estimates the share spent elsewhere.
-``scheduler_step_ms`` runs the whole scheduler (a stream of ``--batch`` concurrent greedy
-requests through ``Generator.submit``, detokenizing included): wall time over decode steps
-after every request's first token; it minus ``step_ms`` is the scheduler's own cost.
+output head called on inputs of the step's shape, timed right after each step (median);
+``outside_ms`` is the median of (step - its matmuls), the time spent elsewhere, and
+``outside_share`` that over ``step_ms``.
+``scheduler_step_ms`` runs the whole scheduler (``--batch`` concurrent greedy requests
+for a short question prompt through ``Generator.submit``, streamed, detokenizing
+included): wall time over decode steps after every request's first token.
+``scheduler_own_ms`` is the median time per step the scheduler thread spends outside the
+engine's ``decode`` and ``logits`` calls (its batch building, greedy pick, detokenizing).
 
     PYTHONPATH=src python bench/decode_step.py --json --dtype float32,bfloat16 --quantize none,int8
 """
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,27 +53,9 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().argmax(-1) if argmax_rows is None else argmax_rows(logits)
 
 
-def engine_steps(eng: GemmaEngine, ids: list[int], B: int, warmup: int, steps: int) -> list[float]:
-    """Seconds per greedy decode step of B rows after prefilling ``ids`` in each."""
-    dev = eng.w.device
-    context = len(ids)
-    prompts = [torch.tensor(ids, device=dev)] * B
-    slots = torch.arange(B, device=dev)
-    times: list[float] = []
-    with torch.inference_mode():
-        h = eng.prefill_many(prompts, list(range(B)), [-1] * B)
-        tok = greedy(eng.logits(h))
-        for i in range(warmup + steps):
-            pos = torch.full((B,), context + i, device=dev)
-            t0 = time.perf_counter()
-            chosen = greedy(eng.logits(eng.decode(tok, Batch(slots, pos, None, True)))).tolist()
-            times.append(time.perf_counter() - t0)
-            tok = torch.tensor(chosen, device=dev)
-    return times[warmup:]
-
-
-def matmul_seconds(eng: GemmaEngine, B: int, repeats: int) -> float:
-    """Median seconds of one step's matmuls alone (every layer's projections, the head)."""
+def matmul_pass(eng: GemmaEngine, B: int) -> Callable[[], None]:
+    """One step's matmuls alone, on inputs of the step's shape: every layer's projections
+    and the output head, called as a decode step calls them."""
     s, w = eng.spec, eng.w
     dtype = w.embed.dtype
     calls: list[tuple[Any, torch.Tensor]] = []
@@ -77,32 +64,80 @@ def matmul_seconds(eng: GemmaEngine, B: int, repeats: int) -> float:
                        (lw.gate_up, s.hidden), (lw.down, s.inter)):  # fmt: skip
             calls.append((lin, torch.randn(B, k, dtype=dtype, device=w.device)))
     calls.append((w.head, torch.randn(B, s.hidden, dtype=dtype, device=w.device)))
-    times = []
+
+    def run() -> None:
+        for lin, x in calls:
+            lin(x, False)
+
+    return run
+
+
+def engine_steps(
+    eng: GemmaEngine, ids: list[int], B: int, warmup: int, steps: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per greedy decode step of B rows after prefilling ``ids`` in each, and
+    seconds of the step's matmuls alone, timed right after each step (interleaved, so
+    that both see the same load on a shared machine)."""
+    dev = eng.w.device
+    context = len(ids)
+    prompts = [torch.tensor(ids, device=dev)] * B
+    slots = torch.arange(B, device=dev)
+    matmuls = matmul_pass(eng, B)
+    times: list[float] = []
+    mm: list[float] = []
     with torch.inference_mode():
-        for i in range(repeats + 2):
+        h = eng.prefill_many(prompts, list(range(B)), [-1] * B)
+        tok = greedy(eng.logits(h))
+        for i in range(warmup + steps):
+            pos = torch.full((B,), context + i, device=dev)
             t0 = time.perf_counter()
-            for lin, x in calls:
-                lin(x, False)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            chosen = greedy(eng.logits(eng.decode(tok, Batch(slots, pos, None, True)))).tolist()
+            t1 = time.perf_counter()
+            matmuls()
+            times.append(t1 - t0)
+            mm.append(time.perf_counter() - t1)
+            tok = torch.tensor(chosen, device=dev)
+    return times[warmup:], mm[warmup:]
 
 
-def scheduler_step_seconds(g: Generator, B: int, steps: int) -> float:
-    """Wall seconds per scheduler step for B concurrent greedy requests (after the first
-    token of every one: prefills excluded)."""
+def scheduler_steps(g: Generator, B: int, steps: int) -> tuple[float, float]:
+    """B concurrent greedy requests through the scheduler: wall seconds per decode step
+    (after every request's first token: prefills excluded), and the median seconds per
+    step the scheduler spends outside the engine's ``decode`` and ``logits`` (building the
+    batch, the greedy pick, detokenizing, streaming): from the end of one step's
+    ``logits`` to the start of the next ``decode``."""
     sched = g.scheduler
-    params = SamplingParams(max_tokens=steps + 1)
-    hs = [g.submit(QUESTION_PROMPT, params) for _ in range(B)]
-    its = [iter(h) for h in hs]
-    for it in its:  # every request's first token (all prefilled)
-        next(it)
-    t0, s0 = time.perf_counter(), sched.steps
-    for it in its:
-        for _ in it:
-            pass
-    t1, s1 = time.perf_counter(), sched.steps
-    return (t1 - t0) / max(1, s1 - s0)
+    eng = sched.engine
+    marks: list[tuple[str, float]] = []
+    decode, logits = eng.decode, eng.logits
+
+    def timed_decode(tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        marks.append(("decode", time.perf_counter()))
+        return decode(tokens, batch)
+
+    def timed_logits(h: torch.Tensor) -> torch.Tensor:
+        out = logits(h)
+        marks.append(("logits", time.perf_counter()))
+        return out
+
+    eng.decode, eng.logits = timed_decode, timed_logits  # type: ignore[method-assign]
+    try:
+        params = SamplingParams(max_tokens=steps + 1)
+        hs = [g.submit(QUESTION_PROMPT, params) for _ in range(B)]
+        its = [iter(h) for h in hs]
+        for it in its:  # every request's first token (all prefilled)
+            next(it)
+        t0, s0 = time.perf_counter(), sched.steps
+        for it in its:
+            for _ in it:
+                pass
+        t1, s1 = time.perf_counter(), sched.steps
+    finally:
+        del eng.decode, eng.logits
+    gaps = [
+        b - a for (ka, a), (kb, b) in itertools.pairwise(marks) if (ka, kb) == ("logits", "decode")
+    ]
+    return (t1 - t0) / max(1, s1 - s0), statistics.median(gaps) if gaps else float("nan")
 
 
 def measure(
@@ -135,19 +170,21 @@ def measure(
     # a RAG prompt (SciFact abstracts) cut to ``context`` tokens: real text, as served
     ids = g.tokenizer(rag_prompt(g.tokenizer, args.context + 32))["input_ids"][: args.context]
     for B in args.batch:
-        steps = engine_steps(eng, ids, B, args.warmup, args.steps)
-        step = statistics.median(steps)
-        mm = matmul_seconds(eng, B, args.matmul_repeats)
+        steps, mms = engine_steps(eng, ids, B, args.warmup, args.steps)
+        step, mm = statistics.median(steps), statistics.median(mms)
+        outside = statistics.median(a - b for a, b in zip(steps, mms, strict=True))
         row = {
             "step_ms": round(step * 1e3, 2),
             "step_ms_min": round(min(steps) * 1e3, 2),
             "matmul_ms": round(mm * 1e3, 2),
-            "outside_ms": round((step - mm) * 1e3, 2),
-            "outside_share": round(1 - mm / step, 3),
+            "outside_ms": round(outside * 1e3, 2),
+            "outside_share": round(outside / step, 3),
             "tokens_per_s": round(B / step, 1),
         }
         if args.scheduler:
-            row["scheduler_step_ms"] = round(scheduler_step_seconds(g, B, args.steps) * 1e3, 2)
+            step_s, gap_s = scheduler_steps(g, B, args.steps)
+            row["scheduler_step_ms"] = round(step_s * 1e3, 2)
+            row["scheduler_own_ms"] = round(gap_s * 1e3, 2)
         out[f"b{B}"] = row
     g.close()
     return out
@@ -162,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=128, help="prompt tokens before decoding")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--matmul-repeats", type=int, default=10)
     ap.add_argument("--no-scheduler", dest="scheduler", action="store_false")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
