@@ -13,7 +13,7 @@ import torch
 
 from ragtune.errors import RagtuneError
 from ragtune.generate.engine import Generator, SamplingParams, cut_at_stop
-from ragtune.generate.gemma import Batch
+from ragtune.generate.gemma import ATTN_PAD, Batch, GemmaEngine
 from ragtune.models import load_lm
 
 PROMPTS = [
@@ -76,6 +76,56 @@ def test_kv_cached_logits_equal_a_full_forward(generator: Generator, hf: tuple) 
             b = Batch(torch.tensor([3]), torch.tensor([T + k]), None, contiguous=False)
             got.append(eng.logits(eng.decode(torch.tensor([t]), b))[0])
     torch.testing.assert_close(torch.stack(got), ref[T - 1 : -1], atol=2e-5, rtol=1e-4)
+
+
+def cached_logits(eng: GemmaEngine, ids: torch.Tensor, steps: int, slot: int) -> torch.Tensor:
+    """Prefill all but the last ``steps`` tokens into ``slot``, then decode them one at a
+    time: the (steps, V) logits after each fed token, from the last prompt token on."""
+    T = len(ids) - steps
+    with torch.inference_mode():
+        got = [eng.logits(eng.prefill(ids[:T], slot, -1))[0]]
+        for k, t in enumerate(ids[T:-1].tolist()):
+            b = Batch(torch.tensor([slot]), torch.tensor([T + k]), None, contiguous=False)
+            got.append(eng.logits(eng.decode(torch.tensor([t]), b))[0])
+    return torch.stack(got).float()
+
+
+def test_padded_cache_reads_change_nothing(generator: Generator) -> None:
+    """Decode attention that reads the cache up to a multiple of ``pad`` positions (as in
+    bf16, see ATTN_PAD) masks what it should: the logits of unpadded reads, below and past
+    the sliding window, alone and in a batch."""
+    eng = generator.scheduler.engine
+    tok = generator.tokenizer
+    ids = torch.tensor(tok(LONG)["input_ids"])
+    assert eng.pad == 1  # fp32
+    plain = cached_logits(eng, ids, 24, 1)
+    try:
+        eng.pad = 16
+        padded = cached_logits(eng, ids, 24, 1)
+        batched = generator.generate(PROMPTS, max_new_tokens=8, stop=(), batch_size=4)
+    finally:
+        eng.pad = 1
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+    one = [generator.generate([p], max_new_tokens=8, stop=())[0] for p in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in one]
+
+
+def test_bf16_decode_matches_its_prefill(tiny_lm: Path) -> None:
+    """bf16 decoding (padded cache reads, scores as K @ q^T) gives the logits of a bf16
+    prefill over the whole sequence, to bf16's precision."""
+    g = Generator.load(str(tiny_lm), device="cpu", dtype="bfloat16", slots=2, max_seq_len=512)
+    try:
+        eng = g.scheduler.engine
+        assert eng.pad == ATTN_PAD > 1
+        ids = torch.tensor(g.tokenizer(LONG)["input_ids"])
+        got = cached_logits(eng, ids, 24, 1)
+        with torch.inference_mode():
+            full = eng.logits(eng.prefill(ids, 0, -1, all_positions=True)).float()
+    finally:
+        g.close()
+    want = full[len(ids) - 25 : -1]
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
 def test_packed_prefill_equals_each_prompt_alone(generator: Generator) -> None:

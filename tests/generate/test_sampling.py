@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ragtune.generate.engine import Generator, SamplingParams
-from ragtune.generate.sampling import Detokenizer, first_stop, top_p_filter
+from ragtune.generate.sampling import Detokenizer, argmax_rows, first_stop, top_p_filter
 from ragtune.models import load_lm
 
 PROMPT = "Question: What is the capital of France?\nAnswer:"
@@ -27,6 +27,33 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     torch.testing.assert_close(top_p_filter(p, 0.7), torch.tensor([0.0, 0.625, 0.375, 0.0]))
     torch.testing.assert_close(top_p_filter(p, 0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
     assert top_p_filter(p, 1.0) is p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_rows_is_torchs_argmax_ties_and_nans_included(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    # coarse values: many ties within a row, and across blocks (block 16, 8 blocks a row)
+    x = torch.randint(-20, 20, (64, 128), generator=gen).to(dtype)
+    x[1] = 5.0  # one value everywhere: index 0
+    x[2, [7, 40, 41, 127]] = 99.0  # tied maxima in several blocks: the first
+    x[3, 50] = float("nan")  # a NaN is the maximum
+    x[4, [90, 17]] = float("nan")  # the first NaN, also before a larger value
+    x[4, 3] = float("inf")
+    x[5] = float("-inf")  # nothing larger than -inf: index 0
+    x[6, 33] = float("inf")
+    x[6, 120] = float("inf")
+    want = x.argmax(-1)
+    got = argmax_rows(x, block=16)
+    assert got.dtype == want.dtype
+    assert torch.equal(got, want)
+    assert got[:7].tolist() == [int(want[0]), 0, 7, 50, 17, 0, 33]
+    for row in x[:8]:  # one row, (V,) -> a 0-d index
+        assert argmax_rows(row, block=16).shape == ()
+        assert int(argmax_rows(row, block=16)) == int(row.argmax())
+    three = x.view(4, 16, 128)  # leading dimensions are kept
+    assert torch.equal(argmax_rows(three, block=32), three.argmax(-1))
+    # a vocabulary that is no multiple of the block: torch's argmax itself
+    assert torch.equal(argmax_rows(x[:, :100], block=16), x[:, :100].argmax(-1))
 
 
 def test_first_stop() -> None:

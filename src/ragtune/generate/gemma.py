@@ -201,12 +201,27 @@ class Batch:
     contiguous: bool  # slots == arange(B): cache reads are slices, not gathers
 
 
+# Decode attention reads the cache up to a multiple of this many positions (the rows past
+# the last written one masked) when it is not fp32: PyTorch's bf16/fp16 CPU matmul
+# (oneDNN) builds a kernel for each new shape, about 0.5 ms each, and a growing
+# sequence would make new shapes every step. fp32 reads exactly what it needs (its
+# matmul has no such cost, and its numbers stay those of an unpadded read).
+ATTN_PAD = 64
+
+
+def _padded(n: int, pad: int, cap: int) -> int:
+    """``n`` rounded up to a multiple of ``pad``, at most ``cap``."""
+    return min(-(-n // pad) * pad, cap)
+
+
 class GemmaEngine:
     """Forward passes over the fused weights, reading/writing a :class:`KVCache`."""
 
     def __init__(self, weights: GemmaWeights, cache: KVCache, bank: AdapterBank) -> None:
         self.w, self.cache, self.bank = weights, cache, bank
         self.spec = weights.spec
+        self.fp32 = cache.k[0].dtype == torch.float32
+        self.pad = 1 if self.fp32 else ATTN_PAD
 
     # Quantized projections take the dense path in prefill (many rows, compute-bound) and
     # the int8/int4 kernel in decode, whatever the row count, so that a request's numbers
@@ -338,13 +353,14 @@ class GemmaEngine:
         pos, slots = batch.positions, batch.slots
         lora = self.bank.masks(batch.lora_rows) if batch.lora_rows is not None else None
         x = F.embedding(tokens, self.w.embed) * self.w.embed_scale  # (B, H)
-        n_glob = int(pos.max().item()) + 1
-        n_loc = min(n_glob, c.ring)
-        # one row with a ring of exactly the window: every cached position it reads (up to
-        # pos) is its own and in its window, nothing to mask
-        masked = B > 1 or c.ring > s.window
+        top = int(pos.max().item()) + 1
+        n_glob = _padded(top, self.pad, c.max_len)  # cache positions read (global layers)
+        n_loc = _padded(min(top, c.ring), self.pad, c.ring)  # ring entries read (sliding)
+        # one row with a ring of exactly the window, read up to its position: every cached
+        # position it reads is its own and in its window, nothing to mask
+        masked = B > 1 or c.ring > s.window or n_glob > top or n_loc > min(top, c.ring)
         if masked:
-            ar = torch.arange(n_glob, device=pos.device)
+            ar = torch.arange(max(n_glob, n_loc), device=pos.device)
             glob_inv = (ar[None, :n_glob] > pos[:, None])[:, None, None]  # (B, 1, 1, n_glob)
             # ring entry j holds the latest position q <= L with q % ring == j, L = the
             # highest position written to the row's slot in this step; the row sees it iff
@@ -377,8 +393,7 @@ class GemmaEngine:
                 K, V = kc[slots, :n], vc[slots, :n]
             # queries grouped by kv head: (B, nkv, g, hd) against (B, nkv, n, hd); a plain
             # matmul-softmax-matmul (SDPA's CPU kernels are slow for one query position)
-            scores = torch.matmul(qk[:, :nh].view(B, nkv, g, hd), K.permute(0, 2, 3, 1))
-            scores = scores.float().mul_(s.scaling)  # (B, nkv, g, n)
+            scores = self._scores(qk[:, :nh].view(B, nkv, g, hd), K).mul_(s.scaling)
             if masked:
                 scores.masked_fill_(loc_inv if lw.sliding else glob_inv, float("-inf"))
             probs = torch.softmax(scores, dim=-1).to(V.dtype)
@@ -387,3 +402,13 @@ class GemmaEngine:
             h = _rms(x, lw.pre_ff_norm, s.eps)
             x = x + _rms(self._mlp(i, h, lora, False), lw.post_ff_norm, s.eps)
         return x
+
+    def _scores(self, q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """q (B, nkv, g, hd), K (B, n, nkv, hd) -> the fp32 products (B, nkv, g, n). In
+        bf16/fp16 as ``K @ q^T``: the same products, several times faster than
+        ``q @ K^T`` in PyTorch's CPU kernels when B > 1 (whose fp32 numbers differ
+        slightly between the two forms: fp32 keeps ``q @ K^T``)."""
+        if self.fp32:
+            return torch.matmul(q, K.permute(0, 2, 3, 1))
+        st = torch.matmul(K.transpose(1, 2), q.transpose(-1, -2).contiguous())  # (B, nkv, n, g)
+        return st.mT.to(torch.float32, memory_format=torch.contiguous_format)

@@ -25,6 +25,7 @@ from ragtune.generate.sampling import (
     Detokenizer,
     SamplingParams,
     TokenDelta,
+    argmax_rows,
     sample_token,
 )
 from ragtune.generate.threads import release_idle_openmp_threads
@@ -250,10 +251,11 @@ class Scheduler:
                 self._accept(req, row, None)
 
     def _prefill_many(self, reqs: list[Request]) -> torch.Tensor:
-        """Run the requests' prompts into their cache slots; (n, V) fp32 logits after each."""
+        """Run the requests' prompts into their cache slots; (n, V) logits after each (in
+        the engine's dtype: :meth:`_accept` widens a row to fp32 only where it needs)."""
         prompts = [torch.tensor(r.ids, device=self.device) for r in reqs]
         h = self.engine.prefill_many(prompts, [r.slot for r in reqs], [r.lora_slot for r in reqs])
-        return self.engine.logits(h).float()
+        return self.engine.logits(h)
 
     def _step(self) -> None:
         reqs = [r for r in self.running if r is not None]
@@ -261,7 +263,7 @@ class Scheduler:
         drafts = [self._draft(r, k) for r in reqs]
         rows = [(r, [r.last, *d]) for r, d in zip(reqs, drafts, strict=True)]
         logits = self._decode(rows)
-        greedy = logits.argmax(-1).tolist()
+        greedy = argmax_rows(logits).tolist()
         self.steps += 1
         j = 0
         for r, draft in zip(reqs, drafts, strict=True):
@@ -287,7 +289,8 @@ class Scheduler:
 
     def _decode(self, rows: list[tuple[Request, list[int]]]) -> torch.Tensor:
         """Feed every running request its next token (and its draft tokens after it, at
-        the following positions); (rows, V) fp32 logits, one row per token fed."""
+        the following positions); (rows, V) logits, one row per token fed (in the
+        engine's dtype, as :meth:`_prefill_many`)."""
         dev = self.device
         slots = [r.slot for r, fed in rows for _ in fed]
         lora = [r.lora_slot for r, fed in rows for _ in fed]
@@ -300,10 +303,11 @@ class Scheduler:
             contiguous=slots == list(range(len(slots))),
         )
         tokens = torch.tensor([t for _, fed in rows for t in fed], device=dev)
-        return self.engine.logits(self.engine.decode(tokens, batch)).float()
+        return self.engine.logits(self.engine.decode(tokens, batch))
 
     def _accept(self, req: Request, logits: torch.Tensor, greedy: int | None) -> None:
-        """Choose the next token of ``req`` from its (V,) logits and stream it."""
+        """Choose the next token of ``req`` from its (V,) logits and stream it (``greedy``:
+        the logits' argmax when the caller has it; sampling and logprobs work in fp32)."""
         p = req.params
         if p.temperature <= 0.0 and greedy is not None:
             token = greedy
@@ -313,7 +317,7 @@ class Scheduler:
         piece = ""
         top: tuple[tuple[str, float], ...] = ()
         if p.logprobs:
-            logp = torch.log_softmax(logits, -1)
+            logp = torch.log_softmax(logits.float(), -1)
             lp, piece = float(logp[token].item()), str(self.tok.decode([token]))
             if p.top_logprobs > 0:
                 values, idx = logp.topk(p.top_logprobs)
