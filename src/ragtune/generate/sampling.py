@@ -66,7 +66,8 @@ def argmax_rows(logits: torch.Tensor, block: int = ARGMAX_BLOCK) -> torch.Tensor
     passes: the maximum of every ``block`` of a row (torch's ``amax`` is vectorized), then
     the first block holding the row's maximum (or a NaN), then torch's argmax inside that
     block only. torch's argmax over a long row is a scalar loop, several times slower than
-    this for a batch of 262,144-token rows, most of all in bf16. Vocabularies that are not a multiple of ``block`` take torch's argmax."""
+    this for a batch of 262,144-token rows, most of all in bf16. Vocabularies that are not
+    a multiple of ``block`` take torch's argmax."""
     V = logits.shape[-1]
     if V % block or V // block < 2:
         return logits.argmax(-1)
