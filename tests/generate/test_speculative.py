@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from ragtune.generate.engine import Generator, SamplingParams
+from ragtune.generate.gemma import Batch
 from ragtune.generate.quant import int8_gemm_available
 from ragtune.generate.scheduler import DRAFT_ROWS, draft_length, prompt_lookup
 
@@ -78,6 +80,33 @@ def test_greedy_tokens_equal_plain_decoding(generators: tuple[Generator, Generat
     assert sched.accepted > 0 and sched.drafted > sched.accepted
     tokens = sum(c.completion_tokens for c in alone)
     assert sched.steps - steps0 < 2 * tokens
+
+
+def test_a_verified_draft_reads_its_slot_once(generators: tuple[Generator, Generator]) -> None:
+    """Rows that all sit in one slot (a request and its draft) attend to that slot's
+    cache read once (``shared_slot``): the logits of the path that gathers a copy per row,
+    and of decoding the same tokens one step at a time, past the sliding window."""
+    _, spec = generators
+    eng, tok = spec.scheduler.engine, spec.tokenizer
+    ids = torch.tensor(tok(PROMPTS[1])["input_ids"])
+    T, fed = len(ids) - 4, ids[-4:]
+    assert eng.spec.window < T  # the ring has wrapped
+    slot = 2
+    pos = torch.arange(T - 1, T + 3)
+    tokens = torch.cat([ids[T - 1 : T], fed[:3]])
+    with torch.inference_mode():
+        eng.prefill(ids[: T - 1], slot, -1)
+        one_by_one = [
+            eng.logits(eng.decode(t[None], Batch(torch.tensor([slot]), p[None], None, False)))
+            for t, p in zip(tokens, pos, strict=True)
+        ]
+        rows = Batch(torch.tensor([slot] * 4), pos, None, False)
+        gathered = eng.logits(eng.decode(tokens, rows))
+        rows.shared_slot = slot
+        shared = eng.logits(eng.decode(tokens, rows))
+    torch.testing.assert_close(shared, gathered, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, torch.cat(one_by_one), atol=1e-5, rtol=1e-5)
+    assert shared.argmax(-1).tolist() == gathered.argmax(-1).tolist()
 
 
 def test_max_tokens_and_sampling_are_kept(generators: tuple[Generator, Generator]) -> None:

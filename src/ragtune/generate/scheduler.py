@@ -301,6 +301,7 @@ class Scheduler:
             ),
             lora_rows=torch.tensor(lora, device=dev) if max(lora) >= 0 else None,
             contiguous=slots == list(range(len(slots))),
+            shared_slot=slots[0] if len(set(slots)) == 1 else -1,
         )
         tokens = torch.tensor([t for _, fed in rows for t in fed], device=dev)
         return self.engine.logits(self.engine.decode(tokens, batch))
