@@ -9,9 +9,12 @@
   each precision's accuracy (the answer contains the fact's value, as ``compare``
   grades), and the share where both are graded the same.
 
-Prints JSON (``--json``) or a summary line. Fine-tuned arms are not measured here.
+Prints JSON (``--json``) or a summary line. The fine-tuned arms are the same two arms
+run on a fine-tuned model: ``--model RUN_DIR`` (a ``ragtune tune`` run, or any model
+``Generator.load`` takes), e.g. the one ``ragtune demo`` trains on this world.
 
     PYTHONPATH=src python bench/int8_quality.py --json
+    PYTHONPATH=src python bench/int8_quality.py --json --model demo-report/runs/finetune
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppl-docs", type=int, default=40)
     ap.add_argument("--ppl-tokens", type=int, default=256)
     ap.add_argument("--max-questions", type=int, help="only the first N world questions")
+    ap.add_argument("--model", default="default", help="model or tune run to quantize")
     ap.add_argument("--refs", default="fp32,bf16", help="reference precisions")
     ap.add_argument(
         "--variants",
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     out: dict[str, object] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "model": args.model,
         "questions": len(questions),
         "ppl_docs": len(texts),
     }
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         *((r, precisions[r]) for r in refs),
         *((v, (args.variant_dtype, v)) for v in variants),
     ]:
-        g = Generator.load("default", device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
+        g = Generator.load(args.model, device="cpu", dtype=dtype, quantize=quant)  # type: ignore[arg-type]
         out[f"perplexity_{name}"] = perplexity(g, texts, args.ppl_tokens)
         answers[name] = {
             "closed_book": [a.text for a in answer_questions(questions, g)],
